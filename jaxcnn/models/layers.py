@@ -1,0 +1,115 @@
+"""Layers that behave exactly like their PyTorch counterparts in the seeds.
+
+Flax's defaults differ from PyTorch's in three places that change a model's
+behaviour: parameter initialisation, the order of the flatten before the first
+``Linear`` (NHWC vs NCHW), and ``Dropout2d``. Everything here exists to close one
+of those gaps; the models use only these helpers and plain ``jax.nn`` ops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen, nnx
+
+
+def torch_default_init(fan_in: int) -> nnx.Initializer:
+    """PyTorch's default init for Conv and Linear weights *and* biases.
+
+    ``kaiming_uniform_(a=sqrt(5))`` on the weight reduces to U(-b, b) with
+    b = 1/sqrt(fan_in), and the bias uses the same bound. Training from scratch
+    only behaves like the seeds if we start from the same distribution.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def Conv2d(  # noqa: N802 - named after torch.nn.Conv2d on purpose
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    bias: bool = True,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """``torch.nn.Conv2d`` as an ``nnx.Conv`` (NHWC, HWIO kernel, torch init).
+
+    PyTorch's integer ``padding`` is symmetric zero padding; Flax's default is
+    ``'SAME'``, so the padding is always spelled out here.
+    """
+    init = torch_default_init(in_channels * kernel_size * kernel_size)
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        (kernel_size, kernel_size),
+        strides=stride,
+        padding=[(padding, padding), (padding, padding)],
+        use_bias=bias,
+        kernel_init=init,
+        bias_init=init,
+        rngs=rngs,
+    )
+
+
+def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:  # noqa: N802
+    """``torch.nn.Linear`` as an ``nnx.Linear`` ([in, out] kernel, torch init)."""
+    init = torch_default_init(in_features)
+    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
+
+
+def max_pool2d(x: jax.Array, kernel_size: int = 2) -> jax.Array:
+    """``F.max_pool2d(x, k)``: stride defaults to the kernel size, no padding. [N,H,W,C]."""
+    window = (kernel_size, kernel_size)
+    return linen.max_pool(x, window, strides=window)
+
+
+def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int) -> jax.Array:
+    """``F.avg_pool2d`` with PyTorch's default ``count_include_pad=True``. [N,H,W,C].
+
+    With padding, the border windows divide by the full window size (the zeros
+    count); dividing by the number of real pixels instead would change every
+    border value of the Inception pool branch.
+    """
+    pad = ((padding, padding), (padding, padding))
+    return linen.avg_pool(
+        x, (kernel_size, kernel_size), strides=(stride, stride), padding=pad, count_include_pad=True
+    )
+
+
+def flatten_chw(x: jax.Array) -> jax.Array:
+    """PyTorch's ``x.view(n, -1)`` on an NCHW tensor, from an NHWC one.
+
+    The first ``Linear`` after the flatten was trained on channel-major
+    features; flattening NHWC directly would feed it the same numbers in
+    another order (the classic porting bug). [N,H,W,C] -> [N, C*H*W].
+    """
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+class Dropout2d(nnx.Module):
+    """``torch.nn.Dropout2d`` with PyTorch's behaviour for both ranks it meets.
+
+    On a 4-D map it zeroes whole channels (one draw per sample and channel,
+    shared over H and W). On a 2-D ``[N, F]`` tensor PyTorch's
+    ``feature_dropout`` has no spatial dims to share a draw over, so it is
+    plain element-wise dropout, and so it is here.
+    """
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs):
+        self.rate = rate
+        self.channel_dropout = nnx.Dropout(rate, broadcast_dims=(1, 2), rngs=rngs)
+        self.element_dropout = nnx.Dropout(rate, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim == 4:  # [N, H, W, C]
+            return self.channel_dropout(x)
+        return self.element_dropout(x)

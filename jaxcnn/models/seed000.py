@@ -1,0 +1,42 @@
+"""Seed 000: the MNIST and CIFAR-10 ``Model`` (conv-ReLU-pool twice, one Linear).
+
+The seed wraps every stage in ``nn.Sequential``, so its checkpoints have keys
+``conv1.0.weight`` and ``out.0.weight``; the stages are ``nnx.Sequential`` here
+so the Flax paths are ``conv1/layers/0/kernel`` and ``out/layers/0/kernel``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+from flax import nnx
+
+from jaxcnn.models.base import SeedModel
+from jaxcnn.models.layers import Conv2d, Linear, flatten_chw, max_pool2d
+
+
+class Seed000CNN(SeedModel):
+    """Conv(k5, pad 2)-ReLU-MaxPool(2), twice, then Linear to 10 classes."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, int], size: int, *, rngs: nnx.Rngs):
+        c1, c2 = channels
+        self.input_shape = (size, size, in_channels)
+        self.conv1 = nnx.Sequential(
+            Conv2d(in_channels, c1, 5, padding=2, rngs=rngs), jax.nn.relu, max_pool2d
+        )
+        self.conv2 = nnx.Sequential(
+            Conv2d(c1, c2, 5, padding=2, rngs=rngs), jax.nn.relu, max_pool2d
+        )
+        side = size // 4
+        self.out = nnx.Sequential(Linear(side * side * c2, 10, rngs=rngs))
+
+    def forward(self, x: jax.Array) -> jax.Array:
+        x = self.conv1(x)
+        x = self.conv2(x)
+        x = flatten_chw(x)  # x.view(x.shape[0], 7*7*20) on NCHW
+        return self.out(x)
+
+
+MnistCNN = partial(Seed000CNN, 1, (10, 20), 28)
+CifarCNN = partial(Seed000CNN, 3, (16, 32), 32)
