@@ -12,8 +12,18 @@ from flax import nnx
 from jaxcnn import models
 from jaxcnn.objectives import seed_loss
 from parity.convert import state_to_torch_layout
-from parity.harness import as_jax, make_pair, random_batch, to_numpy, torch_input, torch_loss
-from parity.tolerances import GRAD_ATOL, GRAD_RTOL
+from parity.harness import (
+    TORCH_DEVICE,
+    as_jax,
+    make_pair,
+    random_batch,
+    to_numpy,
+    torch_input,
+    torch_loss,
+)
+from parity.tolerances import GRAD_ATOL, GRAD_RTOL_CPU, GRAD_RTOL_GPU
+
+GRAD_RTOL = GRAD_RTOL_GPU if TORCH_DEVICE.type == "cuda" else GRAD_RTOL_CPU
 
 
 def jax_grads(model, x, y, kind):

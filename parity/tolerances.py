@@ -14,11 +14,19 @@ hold; with TF32 (10-bit mantissa) they would not, by three orders of magnitude.
 LOGITS_ATOL = 1e-5
 
 # Gradients of the seed's loss, per parameter tensor:
-# max |g_jax - g_torch| <= GRAD_RTOL * max |g_torch| (+ GRAD_ATOL for all-but-zero grads).
+# max |g_jax - g_torch| <= rtol * max |g_torch| (+ GRAD_ATOL for all-but-zero grads).
 # Relative to the tensor's largest entry, not element-wise: element-wise relative
 # error is undefined for entries that are zero on one side and 1e-12 on the other.
-GRAD_RTOL = 1e-5
+# CPU: measured <= 5e-6. GPU (H100, full float32 on both sides): a first-layer
+# weight gradient sums N*24*24 products with heavy cancellation, and there
+# cuDNN's and XLA's float32 kernels are *each* up to 1.9e-3 away from the float64
+# answer (measured against torch in float64 on CPU), so they can differ by ~2e-3
+# between themselves; every other tensor agrees to ~1e-6. A wrong port is off by
+# O(1), so 5e-3 still catches every porting bug the CPU bound catches.
+GRAD_RTOL_CPU = 1e-5
+GRAD_RTOL_GPU = 5e-3
 GRAD_ATOL = 1e-9
+
 
 # Parameters after optimizer steps, per tensor:
 # max |p_jax - p_torch| <= STEP_RTOL * max |p_after - p_before| + PARAM_ULPS * eps32 * max |p|.

@@ -1,0 +1,96 @@
+"""Print the measured parity errors per model: logits and gradients, jaxcnn vs PyTorch.
+
+Usage: python scripts/parity_report.py [--json PATH]
+
+Runs on whatever device both frameworks see (a GPU when present), once with
+full float32 precision on both sides and once with each framework's default
+(TF32 convolutions/matmuls on NVIDIA GPUs), to show why the parity tests pin
+precision. The bounds these numbers are held to live in parity/tolerances.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import jax
+import numpy as np
+import torch
+from flax import nnx
+
+from jaxcnn import models
+from jaxcnn.objectives import seed_loss
+from parity.convert import state_to_torch_layout
+from parity.harness import (
+    TORCH_DEVICE,
+    as_jax,
+    make_pair,
+    random_batch,
+    to_numpy,
+    torch_input,
+    torch_loss,
+)
+
+
+def set_precision(full: bool) -> None:
+    jax.config.update("jax_default_matmul_precision", "highest" if full else None)
+    torch.backends.cudnn.allow_tf32 = not full
+    torch.backends.cuda.matmul.allow_tf32 = not full
+
+
+def measure(name: str) -> dict[str, float]:
+    kind = models.get_spec(name).recipe.loss
+    torch_model, jax_model = make_pair(name)
+    x, y = random_batch(name, 64, seed=5)
+    out = torch_model(torch_input(x))
+    torch_loss(out, torch.from_numpy(y).to(TORCH_DEVICE), kind).backward()
+    t_grads = {k: to_numpy(p.grad) for k, p in torch_model.named_parameters()}
+    j_out = np.asarray(jax_model(as_jax(x)))
+    _, j_grads = nnx.value_and_grad(lambda m: seed_loss(m(as_jax(x)), as_jax(y), kind))(jax_model)
+    j_grads = state_to_torch_layout(j_grads)
+    grad_rel = max(
+        float(np.abs(j_grads[k] - g).max() / np.abs(g).max()) for k, g in t_grads.items()
+    )
+    return {"logits_max_abs": float(np.abs(j_out - to_numpy(out)).max()), "grad_max_rel": grad_rel}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
+    results = {
+        "device": device or platform.machine(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "torch": torch.__version__,
+        "models": {},
+    }
+    print(
+        f"# {results['device']}: jax {jax.__version__} ({jax.default_backend()}), "
+        f"torch {torch.__version__} ({TORCH_DEVICE})"
+    )
+    print(
+        "| model | logits max abs (full fp32) | grad max rel (full fp32) "
+        "| logits max abs (defaults) | grad max rel (defaults) |"
+    )
+    print("|---|---|---|---|---|")
+    for name in models.MODELS:
+        row = {}
+        for full in (True, False):
+            set_precision(full)
+            row["full" if full else "default"] = measure(name)
+        results["models"][name] = row
+        f, d = row["full"], row["default"]
+        print(
+            f"| `{name}` | {f['logits_max_abs']:.1e} | {f['grad_max_rel']:.1e} "
+            f"| {d['logits_max_abs']:.1e} | {d['grad_max_rel']:.1e} |"
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
