@@ -1,0 +1,185 @@
+"""``train_and_evaluate``: the host side of a run (data, epochs, files, resume).
+
+The compiled math lives in :mod:`jaxcnn.train`; this module only moves data to
+the device once, calls one compiled epoch and one compiled evaluation per epoch,
+and writes what a user keeps: ``config.json``, ``metrics.jsonl``,
+``summary.json``, ``checkpoints/<epoch>``, ``curves.png`` and
+``predictions.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcnn import data, report, train
+from jaxcnn.checkpoint import Checkpoints
+from jaxcnn.errors import UserError
+
+# Fields that must match for --resume to continue a run rather than start another.
+RESUME_KEYS = ("model", "dataset", "batch_size", "lr", "optimizer", "momentum", "loss", "seed")
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged; the last good checkpoint is kept."""
+
+
+def load_data(config: train.Config, input_shape) -> tuple[data.Split, data.Split]:
+    """Train and test splits on the host, checked against the model's input."""
+    train_split = data.load(config.dataset, "train", config.data_dir)
+    test_split = data.load(config.dataset, "test", config.data_dir)
+    data.check_compatible(train_split, input_shape, config.model, config.dataset)
+    if config.train_limit:
+        train_split = dataclasses.replace(
+            train_split,
+            images=train_split.images[: config.train_limit],
+            labels=train_split.labels[: config.train_limit],
+        )
+    return train_split, test_split
+
+
+def _check_workdir(workdir: Path, config: train.Config, resume: bool, ckpts: Checkpoints):
+    saved = workdir / "config.json"
+    if ckpts.latest_epoch() is not None and not resume:
+        raise UserError(
+            f"workdir '{workdir}' already holds a run (checkpoint of epoch "
+            f"{ckpts.latest_epoch()}); pass --resume to continue it or choose another --workdir"
+        )
+    if resume and saved.exists():
+        old = json.loads(saved.read_text())
+        new = dataclasses.asdict(config)
+        diff = [k for k in RESUME_KEYS if json.dumps(old.get(k)) != json.dumps(new.get(k))]
+        if diff:
+            raise UserError(
+                f"--resume: this run's {', '.join(diff)} differ from the run in '{workdir}' "
+                f"({', '.join(f'{k}={old.get(k)}' for k in diff)})"
+            )
+
+
+def train_and_evaluate(
+    config: train.Config,
+    workdir: str | Path,
+    *,
+    resume: bool = False,
+    init_model=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``config`` to completion, evaluating and checkpointing after every epoch.
+
+    Args:
+        config: from :func:`jaxcnn.train.get_config`.
+        workdir: where the run's files go (created if missing).
+        resume: continue from the workdir's last complete epoch.
+        init_model: an NNX model to start from instead of a fresh init
+            (e.g. ``parity.load_torch_checkpoint(...)``).
+        progress: show a progress bar over the epochs.
+
+    Returns:
+        The summary (also written to ``workdir/summary.json``).
+    """
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    program, state = train.create_program(config, init_model)
+    ckpts = Checkpoints(workdir)
+    _check_workdir(workdir, config, resume, ckpts)
+    start_epoch = 0
+    if resume and ckpts.latest_epoch() is not None:
+        start_epoch = ckpts.latest_epoch()
+        state = ckpts.restore(state)
+        report.log(f"resuming {config.model} from epoch {start_epoch} in {workdir}")
+    report.write_json(workdir / "config.json", dataclasses.asdict(config))
+    metrics_path = workdir / "metrics.jsonl"
+    rows = report.read_metrics(metrics_path, upto_epoch=start_epoch)
+
+    train_split, test_split = load_data(config, program.input_shape)
+    images, labels = jax.device_put(train_split.images), jax.device_put(train_split.labels)
+    test_images = jax.device_put(test_split.images)
+    test_labels = jax.device_put(test_split.labels)
+
+    epoch_fn, compile_s = train.timed_compile(
+        train.make_epoch_fn(program), state, images, labels, 0
+    )
+    eval_fn, eval_compile_s = train.timed_compile(
+        train.make_eval_fn(program), state.params, test_images, test_labels
+    )
+    report.log(
+        f"{config.model} on {config.dataset} ({train_split.source}): {len(labels)} train / "
+        f"{len(test_labels)} test images, {config.optimizer} lr {config.lr}, batch "
+        f"{config.batch_size}, {config.epochs} epochs; "
+        f"compiled in {compile_s + eval_compile_s:.1f}s"
+    )
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.epochs, initial=start_epoch, unit="epoch", dynamic_ncols=True)
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        start = time.perf_counter()
+        new_state, losses = epoch_fn(state, images, labels, epoch)
+        losses = np.asarray(losses)  # waits for the epoch: the timing below is honest
+        seconds = time.perf_counter() - start
+        if not np.all(np.isfinite(losses)):
+            bad = int(np.argmin(np.isfinite(losses)))
+            raise NonFiniteLossError(
+                f"loss became {losses[bad]} at step {bad + 1} of epoch {epoch}; stopped, the "
+                f"checkpoint of epoch {epoch - 1} in '{ckpts.directory}' is the last good one "
+                "(try a smaller --lr)"
+            )
+        state = new_state
+        accuracy, test_loss = (float(v) for v in eval_fn(state.params, test_images, test_labels))
+        row = {
+            "epoch": epoch,
+            "train_loss": float(losses.mean()),
+            "test_loss": test_loss,
+            "test_accuracy": accuracy,
+            "seconds": seconds,
+            "images_per_second": len(labels) / seconds,
+        }
+        ckpts.save(epoch, state)
+        rows.append(row)
+        report.write_metrics(metrics_path, rows)
+        line = (
+            f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, test accuracy "
+            f"{100 * accuracy:.2f}%, {seconds:.2f}s ({row['images_per_second']:,.0f} img/s)"
+        )
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{100 * accuracy:.2f}%")
+            bar.update(1)
+            bar.write(line)
+        else:
+            report.log(line)
+    if bar is not None:
+        bar.close()
+    ckpts.close()
+
+    summary = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "data_source": train_split.source,
+        "epochs": config.epochs,
+        "test_accuracy": rows[-1]["test_accuracy"] if rows else None,
+        "epoch_seconds": [r["seconds"] for r in rows],
+        "compile_seconds": compile_s,
+        "eval_compile_seconds": eval_compile_s,
+        "config": dataclasses.asdict(config),
+        **report.environment(),
+    }
+    report.write_json(workdir / "summary.json", summary)
+    title = f"{config.model} on {config.dataset}"
+    report.plot_curves(workdir / "curves.png", rows, title)
+    n = min(10, len(test_labels))
+    report.plot_predictions(
+        workdir / "predictions.png",
+        test_split.images[:n],
+        test_split.labels[:n],
+        train.predict(program, state.params, test_split.images[:n]),
+        title,
+    )
+    return summary

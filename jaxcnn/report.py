@@ -1,0 +1,108 @@
+"""What a run leaves in its workdir: metrics.jsonl, summary.json and two PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def environment() -> dict[str, str]:
+    """Device and library versions, for summary.json and benchmark headers."""
+    import flax
+    import jax
+    import optax
+
+    device = jax.devices()[0]
+    return {
+        "device": getattr(device, "device_kind", str(device)),
+        "platform": jax.default_backend(),
+        "device_count": str(jax.device_count()),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "host": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically (temp file + rename): a killed run never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path, upto_epoch: int | None = None) -> list[dict]:
+    """The metrics lines, keeping only epochs <= ``upto_epoch`` (resume drops the rest)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: the epoch is re-run anyway
+            continue
+        if upto_epoch is None or row["epoch"] <= upto_epoch:
+            rows.append(row)
+    return rows
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def plot_curves(path: Path, rows: list[dict], title: str) -> bool:
+    """Train loss and test accuracy per epoch; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [r["train_loss"] for r in rows], "o-")
+    ax1.set(xlabel="epoch", ylabel="train loss", title="loss")
+    ax2.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="C1")
+    ax2.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_predictions(path: Path, images: np.ndarray, labels, predictions, title: str) -> bool:
+    """A grid of test images titled with their predictions, as seed 001 shows."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    n = len(images)
+    cols = 5
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2 * cols, 2.3 * -(-n // cols)))
+    for ax, img, y, p in zip(np.ravel(axes), images, labels, predictions, strict=False):
+        ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
+        ax.set_title(f"pred {p} (true {y})", color="black" if p == y else "red", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr if message.startswith("warning") else sys.stdout, flush=True)

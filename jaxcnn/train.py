@@ -1,0 +1,240 @@
+"""Training: a pure train step, one jit-compiled ``lax.scan`` per epoch, jitted eval.
+
+Data flow (host work happens once per epoch, never inside one)::
+
+    data.load -> uint8 [N,H,W,C] on device (once)
+    for epoch: state, losses = epoch_fn(state, images, labels, epoch_key)   # one XLA call
+               accuracy = eval_fn(state.params, test_images, test_labels)   # one XLA call
+               host: log, metrics.jsonl, checkpoint
+
+Randomness is a function of (seed, epoch, step) only (data order and dropout
+masks), so a resumed run replays exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcnn import data, models
+from jaxcnn.errors import UserError
+from jaxcnn.objectives import LOSSES, OPTIMIZERS, make_optimizer, seed_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training run. ``get_config`` fills it from the model's seed recipe."""
+
+    model: str
+    dataset: str
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    loss: str
+    normalize: tuple[float, float] | None
+    seed: int = 0
+    data_dir: str | None = None
+    train_limit: int | None = None  # first N training images only (smoke tests)
+    eval_batch_size: int = 1000
+
+
+def get_config(model: str, dataset: str, **overrides: Any) -> Config:
+    """The seed recipe of ``model``, with any non-None ``overrides`` applied and checked."""
+    recipe = models.get_spec(model).recipe
+    values = {
+        "model": model,
+        "dataset": dataset,
+        "epochs": recipe.epochs,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "optimizer": recipe.optimizer,
+        "momentum": recipe.momentum,
+        "loss": recipe.loss,
+        "normalize": recipe.normalize,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = Config(**values)
+    if config.dataset not in data.DATASETS:
+        raise UserError(
+            f"unknown dataset '{config.dataset}'; choose one of: {', '.join(data.DATASETS)}"
+        )
+    if config.optimizer not in OPTIMIZERS:
+        raise UserError(
+            f"unknown optimizer '{config.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}"
+        )
+    if config.loss not in LOSSES:
+        raise UserError(f"unknown loss '{config.loss}'; choose one of: {', '.join(LOSSES)}")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise UserError(f"--lr must be a positive number, got {config.lr}")
+    if config.momentum < 0:
+        raise UserError(f"--momentum must be >= 0, got {config.momentum}")
+    return config
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training (a pytree; checkpointed as is)."""
+
+    params: nnx.State
+    opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """The static half of training: the model's graph, the optimizer, the recipe."""
+
+    graphdef: nnx.GraphDef
+    rest: nnx.State  # non-parameter state (dropout rng streams), reseeded every step
+    tx: optax.GradientTransformation
+    config: Config
+    input_shape: tuple[int, int, int]
+
+    def apply(self, params: nnx.State, images: jax.Array, key: jax.Array | None) -> jax.Array:
+        """Model outputs for uint8 images [B,H,W,C]; dropout on iff ``key`` is given."""
+        rest = self.rest if key is None else with_dropout_key(self.rest, key)
+        model = nnx.merge(self.graphdef, params, rest)
+        if key is None:
+            model.eval()
+        else:
+            model.train()
+        return model(data.preprocess(images, self.input_shape, self.config.normalize))
+
+
+def with_dropout_key(rest: nnx.State, key: jax.Array) -> nnx.State:
+    """``rest`` with every rng stream keyed from ``key`` (stream i gets fold_in(key, i)).
+
+    Built functionally rather than with ``nnx.reseed``, which would mutate state
+    captured from outside the traced step. Distinct streams get distinct keys so
+    the model's dropout layers draw independent masks.
+    """
+    leaves, treedef = jax.tree.flatten(rest)
+    counter = iter(range(len(leaves)))
+    leaves = [
+        jax.random.fold_in(key, next(counter))
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        else leaf
+        for leaf in leaves
+    ]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def create_program(config: Config, model: nnx.Module | None = None) -> tuple[Program, TrainState]:
+    """The static program and the initial state (torch-default init from ``config.seed``)."""
+    if model is None:
+        model = models.create(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(config.optimizer, config.lr, config.momentum)
+    spec = models.get_spec(config.model)
+    program = Program(graphdef, rest, tx, config, spec.input_shape)
+    return program, TrainState(params, tx.init(params))
+
+
+def train_step(
+    program: Program, state: TrainState, batch: tuple[jax.Array, jax.Array], key: jax.Array
+) -> tuple[TrainState, jax.Array]:
+    """One optimizer step on one batch: a pure function of (state, batch, key)."""
+    images, labels = batch  # [B,H,W,C] uint8, [B] int32
+
+    def loss_fn(params):
+        return seed_loss(program.apply(params, images, key), labels, program.config.loss)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = program.tx.update(grads, state.opt_state, state.params)
+    return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+
+
+def epoch_keys(seed: int, epoch: int) -> tuple[jax.Array, jax.Array]:
+    """(data-order key, dropout key) of an epoch: a function of seed and epoch only."""
+    key = jax.random.fold_in(jax.random.key(seed), epoch)
+    return jax.random.split(key)
+
+
+def make_epoch_fn(program: Program) -> Callable:
+    """``epoch_fn(state, images, labels, epoch) -> (state, per-step losses)``, one jit.
+
+    Full batches run in one ``lax.scan`` over a device-side permutation; a final
+    partial batch (PyTorch's ``DataLoader`` keeps it) is one more step.
+    """
+    batch_size = program.config.batch_size
+
+    def epoch_fn(state, images, labels, epoch):
+        order_key, dropout_key = epoch_keys(program.config.seed, epoch)
+        n = images.shape[0]
+        perm = jax.random.permutation(order_key, n)
+        full, rest = divmod(n, batch_size)
+        step_keys = jax.random.split(dropout_key, full + 1)
+
+        def body(state, xs):
+            idx, key = xs
+            return train_step(program, state, (images[idx], labels[idx]), key)
+
+        batches = perm[: full * batch_size].reshape(full, batch_size)
+        state, losses = jax.lax.scan(body, state, (batches, step_keys[:full]))
+        if rest:
+            idx = perm[full * batch_size :]
+            state, last = train_step(program, state, (images[idx], labels[idx]), step_keys[full])
+            losses = jnp.concatenate([losses, last[None]])
+        return state, losses
+
+    return jax.jit(epoch_fn, donate_argnums=0)
+
+
+def make_eval_fn(program: Program) -> Callable:
+    """``eval_fn(params, images, labels) -> (accuracy, mean loss)``, one jit."""
+    batch_size = program.config.eval_batch_size
+
+    def eval_fn(params, images, labels):
+        n = images.shape[0]
+        steps = -(-n // batch_size)
+        pad = steps * batch_size - n
+        images = jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))
+        labels = jnp.pad(labels, (0, pad))
+        valid = jnp.arange(steps * batch_size) < n
+
+        def body(carry, xs):
+            x, y, v = xs
+            out = program.apply(params, x, None)
+            correct = jnp.sum((out.argmax(axis=1) == y) & v)
+            per_example = jax.vmap(lambda o, t: seed_loss(o[None], t[None], program.config.loss))
+            loss = jnp.sum(jnp.where(v, per_example(out, y), 0.0))
+            return (carry[0] + correct, carry[1] + loss), None
+
+        shape = (steps, batch_size)
+        xs = (
+            images.reshape(*shape, *images.shape[1:]),
+            labels.reshape(shape),
+            valid.reshape(shape),
+        )
+        (correct, loss), _ = jax.lax.scan(body, (jnp.int32(0), jnp.float32(0)), xs)
+        return correct / n, loss / n
+
+    return jax.jit(eval_fn)
+
+
+def predict(program: Program, params: nnx.State, images: np.ndarray) -> np.ndarray:
+    """Predicted classes for a few host images (for the prediction grid)."""
+    return np.asarray(jax.jit(program.apply)(params, jnp.asarray(images), None).argmax(axis=1))
+
+
+def timed_compile(fn: Callable, *args) -> tuple[Callable, float]:
+    """AOT-compile ``fn`` for ``args``; returns (compiled, seconds)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def tree_all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))

@@ -1,0 +1,59 @@
+"""Train a seed model: ``python scripts/train.py --model inception --dataset mnist``.
+
+Defaults come from the model's seed recipe; flags override them. See README.md.
+"""
+
+import argparse
+
+from jaxcnn.cli import add_data_flags, enable_compilation_cache, run_main
+
+
+def main() -> None:
+    from jaxcnn.models import MODELS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
+    add_data_flags(parser)
+    parser.add_argument("--workdir", help="where files go (default: runs/<model>-<dataset>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    parser.add_argument("--init-from", help="start from a PyTorch .pt/.pth/.safetensors file")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--optimizer", help="sgd or adam")
+    parser.add_argument("--momentum", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-limit", type=int, help="use only the first N training images")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args()
+
+    enable_compilation_cache()
+    from jaxcnn import experiment, models, train
+
+    config = train.get_config(
+        args.model,
+        args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        train_limit=args.train_limit,
+    )
+    init_model = None
+    if args.init_from:
+        from parity import load_torch_checkpoint
+
+        init_model = load_torch_checkpoint(args.init_from, args.model)
+    models.get_spec(args.model)
+    workdir = args.workdir or f"runs/{args.model}-{args.dataset}"
+    summary = experiment.train_and_evaluate(
+        config, workdir, resume=args.resume, init_model=init_model, progress=not args.no_progress
+    )
+    print(f"test accuracy {100 * summary['test_accuracy']:.2f}%; files in {workdir}")
+
+
+if __name__ == "__main__":
+    run_main(main)

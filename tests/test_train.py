@@ -1,0 +1,203 @@
+"""The trainer and the CLI, end to end on CPU: determinism, resume after SIGKILL,
+divergence, real Fashion-MNIST, and one-line errors with non-zero exits."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import data, experiment, train
+from jaxcnn.checkpoint import Checkpoints
+from tests.test_data import make_idx_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_CACHE_DIR": "off"}
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("idx")
+    make_idx_dir(directory, n=300)
+    return directory
+
+
+def small_config(idx_dir, **kw):
+    base = {"epochs": 2, "batch_size": 32, "data_dir": str(idx_dir), "seed": 3}
+    return train.get_config("basic_cnn", "mnist", **{**base, **kw})
+
+
+def final_params(workdir, config):
+    _, state = train.create_program(config)
+    return jax.tree.leaves(Checkpoints(workdir).restore(state).params)
+
+
+def cli(script, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+def test_same_seed_same_metrics(idx_dir, tmp_path):
+    config = small_config(idx_dir)
+    a = experiment.train_and_evaluate(config, tmp_path / "a", progress=False)
+    b = experiment.train_and_evaluate(config, tmp_path / "b", progress=False)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    for x, y in zip(final_params(tmp_path / "a", config), final_params(tmp_path / "b", config), strict=True):
+        np.testing.assert_array_equal(x, y)
+    experiment.train_and_evaluate(small_config(idx_dir, seed=4), tmp_path / "c", progress=False)
+    assert losses(tmp_path / "c") != losses(tmp_path / "a"), "the seed must matter"
+
+
+def losses(workdir):
+    rows = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(r)["train_loss"] for r in rows]
+
+
+def test_dropout_model_is_deterministic(idx_dir, tmp_path):
+    config = train.get_config("convnet", "mnist", epochs=1, batch_size=50, data_dir=str(idx_dir))
+    experiment.train_and_evaluate(config, tmp_path / "a", progress=False)
+    experiment.train_and_evaluate(config, tmp_path / "b", progress=False)
+    for x, y in zip(final_params(tmp_path / "a", config), final_params(tmp_path / "b", config), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_resume_after_sigkill_matches_uninterrupted(idx_dir, tmp_path):
+    epochs = 4
+    args = [
+        "--model",
+        "basic_cnn",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(idx_dir),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--no-progress",
+    ]
+    reference = tmp_path / "reference"
+    assert cli("train.py", *args, "--workdir", str(reference)).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts/train.py"), *args, "--workdir", str(killed)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "1").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = Checkpoints(killed).latest_epoch()
+    assert done is not None and done < epochs, "the kill should land mid-run"
+
+    resumed = cli("train.py", *args, "--workdir", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming basic_cnn from epoch {done}" in resumed.stdout
+    config = small_config(idx_dir, epochs=epochs, batch_size=16)
+    for x, y in zip(final_params(reference, config), final_params(killed, config), strict=True):
+        np.testing.assert_array_equal(x, y)
+    rows = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(idx_dir, tmp_path):
+    config = small_config(idx_dir, lr=1e30, epochs=3)
+    with pytest.raises(experiment.NonFiniteLossError, match="loss became .* last good one"):
+        experiment.train_and_evaluate(config, tmp_path, progress=False)
+    latest = Checkpoints(tmp_path).latest_epoch()
+    assert latest is None or latest < 3
+
+
+def test_existing_run_is_not_overwritten(idx_dir, tmp_path):
+    config = small_config(idx_dir, epochs=1)
+    experiment.train_and_evaluate(config, tmp_path, progress=False)
+    with pytest.raises(experiment.UserError, match="already holds a run.*--resume"):
+        experiment.train_and_evaluate(config, tmp_path, progress=False)
+    with pytest.raises(experiment.UserError, match="--resume: this run's lr differ"):
+        experiment.train_and_evaluate(
+            small_config(idx_dir, epochs=1, lr=0.5), tmp_path, resume=True, progress=False
+        )
+
+
+@pytest.mark.skipif(
+    not data.DEBIAN_FASHION_MNIST.is_dir(), reason="apt-get install dataset-fashion-mnist"
+)
+def test_real_fashion_mnist_cli_train_then_evaluate(tmp_path):
+    workdir = tmp_path / "run"
+    out = cli(
+        "train.py",
+        "--model",
+        "basic_cnn",
+        "--dataset",
+        "fashion_mnist",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "3000",
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["data_source"] == str(data.DEBIAN_FASHION_MNIST)
+    assert 0.55 < summary["test_accuracy"] <= 1.0  # chance is 0.10
+    assert {"compile_seconds", "epoch_seconds", "device", "jax"} <= set(summary)
+    for name in ["metrics.jsonl", "config.json", "curves.png", "predictions.png"]:
+        assert (workdir / name).is_file(), name
+    ev = cli(
+        "evaluate.py",
+        "--model",
+        "basic_cnn",
+        "--checkpoint",
+        str(workdir),
+        "--dataset",
+        "fashion_mnist",
+        "--json",
+    )
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout.strip().splitlines()[-1])["test_accuracy"] == pytest.approx(
+        summary["test_accuracy"], abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "vgg", "--dataset", "mnist"], "unknown model 'vgg'; choose one of"),
+        (["--model", "basic_cnn", "--dataset", "svhn"], "unknown dataset 'svhn'"),
+        (
+            ["--model", "basic_cnn", "--dataset", "mnist", "--data-dir", "/nonexistent"],
+            "is not a directory",
+        ),
+        (["--model", "basic_cnn", "--dataset", "mnist", "--lr", "-1"], "--lr must be a positive"),
+        (
+            ["--model", "basic_cnn", "--dataset", "mnist", "--init-from", "/no/such.pt"],
+            "does not exist",
+        ),
+    ],
+)
+def test_cli_errors_are_one_line(args, message, tmp_path):
+    out = cli("train.py", *args, "--workdir", str(tmp_path / "w"), timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("error: ") and message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
