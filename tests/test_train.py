@@ -38,6 +38,12 @@ def final_params(workdir, config):
     return jax.tree.leaves(Checkpoints(workdir).restore(state).params)
 
 
+def assert_same_params(workdir_a, workdir_b, config):
+    pairs = zip(final_params(workdir_a, config), final_params(workdir_b, config), strict=True)
+    for x, y in pairs:
+        np.testing.assert_array_equal(x, y)
+
+
 def cli(script, *args, timeout=300):
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / script), *args],
@@ -54,8 +60,7 @@ def test_same_seed_same_metrics(idx_dir, tmp_path):
     b = experiment.train_and_evaluate(config, tmp_path / "b", progress=False)
     assert a["test_accuracy"] == b["test_accuracy"]
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
-    for x, y in zip(final_params(tmp_path / "a", config), final_params(tmp_path / "b", config), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_params(tmp_path / "a", tmp_path / "b", config)
     experiment.train_and_evaluate(small_config(idx_dir, seed=4), tmp_path / "c", progress=False)
     assert losses(tmp_path / "c") != losses(tmp_path / "a"), "the seed must matter"
 
@@ -69,8 +74,7 @@ def test_dropout_model_is_deterministic(idx_dir, tmp_path):
     config = train.get_config("convnet", "mnist", epochs=1, batch_size=50, data_dir=str(idx_dir))
     experiment.train_and_evaluate(config, tmp_path / "a", progress=False)
     experiment.train_and_evaluate(config, tmp_path / "b", progress=False)
-    for x, y in zip(final_params(tmp_path / "a", config), final_params(tmp_path / "b", config), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_params(tmp_path / "a", tmp_path / "b", config)
 
 
 def test_resume_after_sigkill_matches_uninterrupted(idx_dir, tmp_path):
@@ -112,8 +116,7 @@ def test_resume_after_sigkill_matches_uninterrupted(idx_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming basic_cnn from epoch {done}" in resumed.stdout
     config = small_config(idx_dir, epochs=epochs, batch_size=16)
-    for x, y in zip(final_params(reference, config), final_params(killed, config), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_params(reference, killed, config)
     rows = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
 
