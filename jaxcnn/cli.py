@@ -43,10 +43,10 @@ def run_main(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
-def add_data_flags(parser: argparse.ArgumentParser) -> None:
+def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
     from jaxcnn.data import DATASETS
 
-    parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+    parser.add_argument("--dataset", required=required, help=f"one of: {', '.join(DATASETS)}")
     parser.add_argument(
         "--data-dir",
         help="folder with raw files (MNIST IDX *-ubyte[.gz] or CIFAR-10 python batches) "

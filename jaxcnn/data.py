@@ -198,6 +198,19 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
     return read_tfds_split(name, split)
 
 
+def permute_pixels(split: Split, seed: int = 0) -> Split:
+    """Shuffle every image's pixels with one fixed permutation (seed 001 section 4).
+
+    The same permutation (a function of ``seed`` and the image size only) is
+    used for every image of every split, so the task stays learnable for a
+    fully connected net while the spatial structure a CNN relies on is gone.
+    """
+    n, h, w, c = split.images.shape
+    perm = np.random.default_rng(seed).permutation(h * w)
+    images = split.images.reshape(n, h * w, c)[:, perm].reshape(n, h, w, c)
+    return dataclasses.replace(split, images=images, source=split.source + " (pixels permuted)")
+
+
 def check_compatible(split: Split, input_shape: tuple[int, int, int], model: str, dataset: str):
     """A clear error if images of this dataset cannot feed this model."""
     h, w, c = split.images.shape[1:]

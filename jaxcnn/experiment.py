@@ -23,7 +23,17 @@ from jaxcnn.checkpoint import Checkpoints
 from jaxcnn.errors import UserError
 
 # Fields that must match for --resume to continue a run rather than start another.
-RESUME_KEYS = ("model", "dataset", "batch_size", "lr", "optimizer", "momentum", "loss", "seed")
+RESUME_KEYS = (
+    "model",
+    "dataset",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "loss",
+    "seed",
+    "permute_pixels",
+)
 
 
 class NonFiniteLossError(UserError):
@@ -35,6 +45,8 @@ def load_data(config: train.Config, input_shape) -> tuple[data.Split, data.Split
     train_split = data.load(config.dataset, "train", config.data_dir)
     test_split = data.load(config.dataset, "test", config.data_dir)
     data.check_compatible(train_split, input_shape, config.model, config.dataset)
+    if config.permute_pixels:
+        train_split, test_split = data.permute_pixels(train_split), data.permute_pixels(test_split)
     if config.train_limit:
         train_split = dataclasses.replace(
             train_split,

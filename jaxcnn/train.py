@@ -46,6 +46,7 @@ class Config:
     seed: int = 0
     data_dir: str | None = None
     train_limit: int | None = None  # first N training images only (smoke tests)
+    permute_pixels: bool = False  # seed 001 section 4: one fixed pixel shuffle
     eval_batch_size: int = 1000
 
 

@@ -24,11 +24,14 @@ def main() -> None:
     parser.add_argument("--momentum", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, help="use only the first N training images")
+    parser.add_argument(
+        "--permute-pixels", action="store_true", help="one fixed pixel shuffle (seed 001 sec. 4)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
 
     enable_compilation_cache()
-    from jaxcnn import experiment, models, train
+    from jaxcnn import experiment, train
 
     config = train.get_config(
         args.model,
@@ -41,13 +44,13 @@ def main() -> None:
         seed=args.seed,
         data_dir=args.data_dir,
         train_limit=args.train_limit,
+        permute_pixels=args.permute_pixels or None,
     )
     init_model = None
     if args.init_from:
         from parity import load_torch_checkpoint
 
         init_model = load_torch_checkpoint(args.init_from, args.model)
-    models.get_spec(args.model)
     workdir = args.workdir or f"runs/{args.model}-{args.dataset}"
     summary = experiment.train_and_evaluate(
         config, workdir, resume=args.resume, init_model=init_model, progress=not args.no_progress
