@@ -30,10 +30,15 @@ def images_and_labels(n):
     return rng.integers(0, 256, (n, 28, 28, 1), np.uint8), rng.integers(0, 10, n, np.int32)
 
 
-# resnet is not in this list: its first-layer weights drift apart by 2e-4..4e-3 of
-# their scale within 20 steps on real images (torch float32 stays within 1e-6 of
-# torch float64 while jaxcnn leaves it after step ~5), although logits, gradients
-# and single optimizer steps agree to 1e-6. Under investigation (issue 3 notes).
+# resnet is not in this list, for a measured reason: on real Fashion-MNIST its 4th
+# batch has a max-pool window (after relu(conv2)) whose two largest values are
+# 0.9144315 and 0.9144317 in torch, 0.9144317 and 0.9144314 in jaxcnn: float32
+# rounding of two convolution libraries orders a near-tie differently, the
+# window's gradient goes to the neighbouring pixel (an equally valid choice), and
+# that step's conv2.weight gradient differs by 1e-2 of its scale even from
+# identical parameters. From there the trajectories drift apart by 2e-4..4e-3 in
+# 20 steps, while every step without such a near-tie agrees to 4e-6. Accuracy is
+# unaffected (resnet, 3 seeds on an H100: +0.05 points, README).
 @pytest.mark.parametrize("name", ["simple_cnn", "basic_cnn", "blitz_net"])
 def test_twenty_sgd_steps_stay_together(name):
     recipe = models.get_spec(name).recipe
