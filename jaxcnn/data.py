@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import pickle
 from pathlib import Path
 
@@ -159,8 +160,11 @@ def read_tfds_split(name: str, split: str, data_dir: str | None = None) -> Split
                 builder_kwargs={"file_format": "array_record"},
             )
         except Exception as err:
-            where = data_dir or "tfds' default data_dir (~/tensorflow_datasets)"
-            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err)
+            where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+            if isinstance(err, ImportError):
+                reason = "preparing a tfds dataset needs TensorFlow"
+            else:
+                reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err)
             raise DataError(
                 f"dataset '{name}' is not prepared in {where} and could not be downloaded "
                 f"({reason}); on a machine with network run once with "

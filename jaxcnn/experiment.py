@@ -96,8 +96,10 @@ def train_and_evaluate(
         The summary (also written to ``workdir/summary.json``).
     """
     workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
     program, state = train.create_program(config, init_model)
+    # Data first: a run that cannot start leaves no half-made workdir behind.
+    train_split, test_split = load_data(config, program.input_shape)
+    workdir.mkdir(parents=True, exist_ok=True)
     ckpts = Checkpoints(workdir)
     _check_workdir(workdir, config, resume, ckpts)
     start_epoch = 0
@@ -109,7 +111,6 @@ def train_and_evaluate(
     metrics_path = workdir / "metrics.jsonl"
     rows = report.read_metrics(metrics_path, upto_epoch=start_epoch)
 
-    train_split, test_split = load_data(config, program.input_shape)
     images, labels = jax.device_put(train_split.images), jax.device_put(train_split.labels)
     test_images = jax.device_put(test_split.images)
     test_labels = jax.device_put(test_split.labels)
@@ -162,7 +163,11 @@ def train_and_evaluate(
             f"{100 * accuracy:.2f}%, {seconds:.2f}s ({row['images_per_second']:,.0f} img/s)"
         )
         if bar is not None:
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{100 * accuracy:.2f}%")
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.4f}",
+                acc=f"{100 * accuracy:.2f}%",
+                img_s=f"{row['images_per_second']:,.0f}",
+            )
             bar.update(1)
             bar.write(line)
         else:

@@ -204,3 +204,19 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("error: ") and message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_no_data_anywhere_is_one_sentence_and_leaves_no_workdir(tmp_path):
+    """MNIST with nothing prepared and no way to download: say so, exit 2, write nothing."""
+    pytest.importorskip("tensorflow_datasets")
+    env = {**ENV, "TFDS_DATA_DIR": str(tmp_path / "tfds")}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train.py"), "--model", "basic_cnn",
+         "--dataset", "mnist", "--workdir", str(tmp_path / "w")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2
+    error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "dataset 'mnist' is not prepared in" in error[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "w").exists()
