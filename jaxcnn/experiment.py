@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import data, report, train
+from jaxcnn import data, parallel, report, train
 from jaxcnn.checkpoint import Checkpoints
 from jaxcnn.errors import UserError
 
@@ -111,9 +111,11 @@ def train_and_evaluate(
     metrics_path = workdir / "metrics.jsonl"
     rows = report.read_metrics(metrics_path, upto_epoch=start_epoch)
 
-    images, labels = jax.device_put(train_split.images), jax.device_put(train_split.labels)
-    test_images = jax.device_put(test_split.images)
-    test_labels = jax.device_put(test_split.labels)
+    where = parallel.replicated(program.mesh) if program.mesh is not None else None
+    images = jax.device_put(train_split.images, where)
+    labels = jax.device_put(train_split.labels, where)
+    test_images = jax.device_put(test_split.images, where)
+    test_labels = jax.device_put(test_split.labels, where)
 
     epoch_fn, compile_s = train.timed_compile(
         train.make_epoch_fn(program), state, images, labels, 0
@@ -124,7 +126,7 @@ def train_and_evaluate(
     report.log(
         f"{config.model} on {config.dataset} ({train_split.source}): {len(labels)} train / "
         f"{len(test_labels)} test images, {config.optimizer} lr {config.lr}, batch "
-        f"{config.batch_size}, {config.epochs} epochs; "
+        f"{config.batch_size}, {config.epochs} epochs, {config.devices} device(s); "
         f"compiled in {compile_s + eval_compile_s:.1f}s"
     )
 

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxcnn import data, models
+from jaxcnn import data, models, parallel
 from jaxcnn.errors import UserError
 from jaxcnn.objectives import LOSSES, OPTIMIZERS, make_optimizer, seed_loss
 
@@ -47,6 +47,7 @@ class Config:
     data_dir: str | None = None
     train_limit: int | None = None  # first N training images only (smoke tests)
     permute_pixels: bool = False  # seed 001 section 4: one fixed pixel shuffle
+    devices: int = 1  # data-parallel over this many local devices
     eval_batch_size: int = 1000
 
 
@@ -76,13 +77,14 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
         )
     if config.loss not in LOSSES:
         raise UserError(f"unknown loss '{config.loss}'; choose one of: {', '.join(LOSSES)}")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "devices"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise UserError(f"--lr must be a positive number, got {config.lr}")
     if config.momentum < 0:
         raise UserError(f"--momentum must be >= 0, got {config.momentum}")
+    parallel.check_batch_size(config.batch_size, config.devices)
     return config
 
 
@@ -102,6 +104,7 @@ class Program:
     tx: optax.GradientTransformation
     config: Config
     input_shape: tuple[int, int, int]
+    mesh: jax.sharding.Mesh | None = None  # data parallelism over the batch axis
 
     def apply(self, params: nnx.State, images: jax.Array, key: jax.Array | None) -> jax.Array:
         """Model outputs for uint8 images [B,H,W,C]; dropout on iff ``key`` is given."""
@@ -139,8 +142,12 @@ def create_program(config: Config, model: nnx.Module | None = None) -> tuple[Pro
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(config.optimizer, config.lr, config.momentum)
     spec = models.get_spec(config.model)
-    program = Program(graphdef, rest, tx, config, spec.input_shape)
-    return program, TrainState(params, tx.init(params))
+    mesh = parallel.make_mesh(config.devices)
+    program = Program(graphdef, rest, tx, config, spec.input_shape, mesh)
+    state = TrainState(params, tx.init(params))
+    if mesh is not None:
+        state = jax.device_put(state, parallel.replicated(mesh))
+    return program, state
 
 
 def train_step(
@@ -148,6 +155,8 @@ def train_step(
 ) -> tuple[TrainState, jax.Array]:
     """One optimizer step on one batch: a pure function of (state, batch, key)."""
     images, labels = batch  # [B,H,W,C] uint8, [B] int32
+    images = parallel.split_batch(images, program.mesh)
+    labels = parallel.split_batch(labels, program.mesh)
 
     def loss_fn(params):
         return seed_loss(program.apply(params, images, key), labels, program.config.loss)

@@ -27,11 +27,19 @@ def main() -> None:
     parser.add_argument(
         "--permute-pixels", action="store_true", help="one fixed pixel shuffle (seed 001 sec. 4)"
     )
+    parser.add_argument("--devices", help="data-parallel over 'all' or N local devices")
+    parser.add_argument(
+        "--distributed", action="store_true", help="call jax.distributed.initialize() first"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
 
     enable_compilation_cache()
-    from jaxcnn import experiment, train
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()  # coordinator and process ids from the environment
+    from jaxcnn import experiment, parallel, train
 
     config = train.get_config(
         args.model,
@@ -45,6 +53,7 @@ def main() -> None:
         data_dir=args.data_dir,
         train_limit=args.train_limit,
         permute_pixels=args.permute_pixels or None,
+        devices=parallel.parse_devices(args.devices),
     )
     init_model = None
     if args.init_from:

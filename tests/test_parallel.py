@@ -1,0 +1,74 @@
+"""Data parallelism: 4 (forced host) devices follow the 1-device loss trajectory.
+
+Runs in a subprocess because the device count is fixed when JAX starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxcnn import UserError, parallel, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import json, sys
+from pathlib import Path
+import jax
+from jaxcnn import experiment, train
+from tests.test_data import make_idx_dir
+root = Path(sys.argv[1]); make_idx_dir(root, n=256)
+out = {}
+for n in (1, 4):
+    cfg = train.get_config(
+        "convnet", "mnist", epochs=2, batch_size=32, data_dir=str(root), devices=n
+    )
+    experiment.train_and_evaluate(cfg, root / f"run{n}", progress=False)
+    lines = (root / f"run{n}" / "metrics.jsonl").read_text().splitlines()
+    out[n] = [json.loads(line)["train_loss"] for line in lines]
+    program, state = train.create_program(cfg)
+    import numpy as np
+    images = jax.device_put(np.zeros((64, 28, 28, 1), np.uint8))
+    labels = jax.device_put(np.zeros(64, np.int32))
+    hlo = train.make_epoch_fn(program).lower(state, images, labels, 0).compile().as_text()
+    out[f"allreduce{n}"] = "all-reduce" in hlo
+out["devices"] = jax.device_count()
+print(json.dumps(out))
+"""
+
+
+def test_four_devices_match_one(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4
+    assert out["allreduce4"] and not out["allreduce1"], "4 devices must all-reduce gradients"
+    for one, four in zip(out["1"], out["4"], strict=True):
+        assert abs(one - four) <= 1e-5 * max(1.0, abs(one))
+
+
+def test_batch_not_divisible_by_devices_is_an_error():
+    with pytest.raises(UserError, match="batch size 30 is not divisible by 4 devices"):
+        train.get_config("basic_cnn", "mnist", batch_size=30, devices=4)
+
+
+def test_devices_flag_parsing():
+    assert parallel.parse_devices("all") >= 1
+    assert parallel.parse_devices(None) == 1
+    with pytest.raises(UserError, match="--devices takes 'all' or a number"):
+        parallel.parse_devices("many")
+    with pytest.raises(UserError, match="--devices 999: JAX sees"):
+        parallel.parse_devices("999")
