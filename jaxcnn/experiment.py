@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import data, parallel, report, train
+from jaxcnn import data, parallel, profiling, report, train
 from jaxcnn.checkpoint import Checkpoints
 from jaxcnn.errors import UserError
 
@@ -81,6 +81,8 @@ def train_and_evaluate(
     resume: bool = False,
     init_model=None,
     progress: bool = True,
+    profile_dir: str | Path | None = None,
+    hlo_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` to completion, evaluating and checkpointing after every epoch.
 
@@ -91,6 +93,8 @@ def train_and_evaluate(
         init_model: an NNX model to start from instead of a fresh init
             (e.g. ``parity.load_torch_checkpoint(...)``).
         progress: show a progress bar over the epochs.
+        profile_dir: write a profiler trace of a few steady-state steps here.
+        hlo_dir: write the optimized HLO of the epoch and eval functions here.
 
     Returns:
         The summary (also written to ``workdir/summary.json``).
@@ -123,6 +127,9 @@ def train_and_evaluate(
     eval_fn, eval_compile_s = train.timed_compile(
         train.make_eval_fn(program), state.params, test_images, test_labels
     )
+    if hlo_dir is not None:
+        profiling.dump_hlo(epoch_fn, Path(hlo_dir) / f"{config.model}_epoch.hlo.txt")
+        profiling.dump_hlo(eval_fn, Path(hlo_dir) / f"{config.model}_eval.hlo.txt")
     report.log(
         f"{config.model} on {config.dataset} ({train_split.source}): {len(labels)} train / "
         f"{len(test_labels)} test images, {config.optimizer} lr {config.lr}, batch "
@@ -177,6 +184,9 @@ def train_and_evaluate(
     if bar is not None:
         bar.close()
     ckpts.close()
+    if profile_dir is not None:
+        where = profiling.profile_steps(program, state, images, labels, profile_dir)
+        report.log(f"profile of 10 steady-state steps in {where} (open in Perfetto/TensorBoard)")
 
     summary = {
         "model": config.model,

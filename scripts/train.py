@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument(
         "--distributed", action="store_true", help="call jax.distributed.initialize() first"
     )
+    parser.add_argument("--profile", help="write a jax.profiler trace of 10 steps to this dir")
+    parser.add_argument("--dump-hlo", help="write the optimized HLO to this dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
 
@@ -62,7 +64,13 @@ def main() -> None:
         init_model = load_torch_checkpoint(args.init_from, args.model)
     workdir = args.workdir or f"runs/{args.model}-{args.dataset}"
     summary = experiment.train_and_evaluate(
-        config, workdir, resume=args.resume, init_model=init_model, progress=not args.no_progress
+        config,
+        workdir,
+        resume=args.resume,
+        init_model=init_model,
+        progress=not args.no_progress,
+        profile_dir=args.profile,
+        hlo_dir=args.dump_hlo,
     )
     print(f"test accuracy {100 * summary['test_accuracy']:.2f}%; files in {workdir}")
 

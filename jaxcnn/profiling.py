@@ -1,0 +1,111 @@
+"""Where the time goes: profiler traces, optimized HLO, cost analysis, top ops.
+
+``profile_steps`` runs a short scan of real training steps (the same
+``train_step`` as an epoch) under ``jax.profiler.trace``, after a warm-up call,
+so the trace shows steady-state kernels only. View it with Perfetto
+(ui.perfetto.dev, open the ``*.trace.json.gz``), TensorBoard's profile plugin or
+XProf (``tensorboard --logdir DIR``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxcnn import train
+
+# Dense peak numbers from NVIDIA's data sheets (SXM parts), for the roofline view.
+PEAKS = {
+    "H100": {"fp32_tflops": 67.0, "tf32_tflops": 494.7, "hbm_tb_s": 3.35},
+    "H200": {"fp32_tflops": 67.0, "tf32_tflops": 494.7, "hbm_tb_s": 4.8},
+}
+
+
+def make_steps_fn(program: train.Program, steps: int):
+    """``fn(state, images, labels) -> (state, losses)``: ``steps`` batches in one scan."""
+    batch = program.config.batch_size
+
+    def fn(state, images, labels):
+        idx = np.arange(steps * batch).reshape(steps, batch) % images.shape[0]
+        keys = jax.random.split(jax.random.key(0), steps)
+
+        def body(state, xs):
+            i, key = xs
+            return train.train_step(program, state, (images[i], labels[i]), key)
+
+        return jax.lax.scan(body, state, (idx, keys))
+
+    return jax.jit(fn)
+
+
+def time_steps(fn, state, images, labels, steps: int, repeats: int = 5) -> list[float]:
+    """Seconds per step for ``repeats`` calls of ``fn`` (after it was warmed up)."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(state, images, labels))
+        out.append((time.perf_counter() - start) / steps)
+    return out
+
+
+def profile_steps(program, state, images, labels, logdir: str | Path, steps: int = 10) -> Path:
+    """Write a ``jax.profiler`` trace of ``steps`` steady-state training steps to ``logdir``."""
+    fn = make_steps_fn(program, steps)
+    jax.block_until_ready(fn(state, images, labels))  # compile and warm up outside the trace
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    with jax.profiler.trace(str(logdir), create_perfetto_trace=True):
+        for _ in range(3):
+            jax.block_until_ready(fn(state, images, labels))
+    return logdir
+
+
+def dump_hlo(compiled, path: str | Path) -> Path:
+    """The optimized (post-fusion) HLO of a compiled function, as text."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(compiled.as_text())
+    return path
+
+
+def cost(compiled) -> dict[str, float]:
+    """FLOPs and bytes accessed from XLA's ``cost_analysis()`` of a compiled function."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older jax returns one dict per device
+        analysis = analysis[0]
+    return {
+        "flops": float(analysis.get("flops", 0.0)),
+        "bytes": float(analysis.get("bytes accessed", 0.0)),
+    }
+
+
+def top_ops(logdir: str | Path, limit: int = 12) -> list[tuple[str, float, int]]:
+    """(name, total milliseconds, count) of the longest ops/kernels in the newest trace.
+
+    Reads the Perfetto JSON that ``profile_steps`` asks for and sums complete
+    events by name, skipping the Python and runtime bookkeeping around them.
+    """
+    traces = sorted(Path(logdir).rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not traces:
+        return []
+    with gzip.open(traces[-1], "rt") as fh:
+        events = json.load(fh)
+    events = events.get("traceEvents", events) if isinstance(events, dict) else events
+    totals: Counter = Counter()
+    counts: Counter = Counter()
+    skip = ("$", "PjRt", "Thunk", "ExecuteHelper", "TraceMe", "jit_", "np.", "Python")
+    for ev in events:
+        if ev.get("ph") != "X" or "dur" not in ev:
+            continue
+        name = ev.get("name", "")
+        if not name or name.startswith(skip) or ".py" in name:
+            continue
+        totals[name] += ev["dur"] / 1000.0
+        counts[name] += 1
+    return [(name, ms, counts[name]) for name, ms in totals.most_common(limit)]

@@ -1,0 +1,119 @@
+"""The roofline view of each model's training step: FLOPs, bytes, time, top ops.
+
+python scripts/profile.py [--models mnist_cnn inception resnet] [--steps 50] [--out results/profile]
+
+For each model at its seed batch size: XLA's cost_analysis() of one step (FLOPs
+and bytes), the measured step time (median of 5 calls of a scanned run of
+--steps steps, after a warm-up), achieved FLOP/s and bandwidth against the
+device's peak, and the top ops of a profiler trace. Writes OUT.json, OUT.md and
+OUT.png (achieved vs peak), and the traces under OUT_traces/.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+# This file is named as the issue asks, which shadows the stdlib ``profile`` module
+# (imported by jax's dependencies) while scripts/ leads sys.path: take it off.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+from jaxcnn.cli import enable_compilation_cache, run_main  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["mnist_cnn", "basic_cnn", "inception", "resnet"]
+    )
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--out", default="results/profile")
+    args = parser.parse_args()
+
+    enable_compilation_cache()
+    import jax
+    import numpy as np
+
+    from jaxcnn import models, profiling, report, train
+
+    env = report.environment()
+    peak = next((v for k, v in profiling.PEAKS.items() if k in env["device"]), None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.models:
+        config = train.get_config(name, "fashion_mnist")
+        program, state = train.create_program(config)
+        c = models.get_spec(name).input_shape[2]
+        n = max(config.batch_size * args.steps, 1000)
+        rng = np.random.default_rng(0)
+        images = jax.device_put(rng.integers(0, 256, (n, 28, 28, c), np.uint8))
+        labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
+        one = profiling.make_steps_fn(program, 1).lower(state, images, labels).compile()
+        flops = profiling.cost(one)
+        fn = profiling.make_steps_fn(program, args.steps)
+        jax.block_until_ready(fn(state, images, labels))
+        step_s = statistics.median(profiling.time_steps(fn, state, images, labels, args.steps))
+        traces = Path(f"{out}_traces") / name
+        profiling.profile_steps(program, state, images, labels, traces, steps=10)
+        row = {
+            "model": name,
+            "batch_size": config.batch_size,
+            "step_ms": 1000 * step_s,
+            "mflop_per_step": flops["flops"] / 1e6,
+            "mb_per_step": flops["bytes"] / 1e6,
+            "achieved_tflops": flops["flops"] / step_s / 1e12,
+            "achieved_tb_s": flops["bytes"] / step_s / 1e12,
+            "top_ops": profiling.top_ops(traces),
+        }
+        if peak:
+            row["fp32_peak_fraction"] = row["achieved_tflops"] / peak["fp32_tflops"]
+            row["hbm_peak_fraction"] = row["achieved_tb_s"] / peak["hbm_tb_s"]
+        rows.append(row)
+        print(
+            f"{name}: {row['step_ms']:.3f} ms/step, {row['mflop_per_step']:.0f} MFLOP, "
+            f"{row['mb_per_step']:.1f} MB, {row['achieved_tflops']:.2f} TFLOP/s"
+        )
+    (out.with_suffix(".json")).write_text(
+        json.dumps({"environment": env, "models": rows}, indent=2)
+    )
+    lines = [
+        f"{env['device']}, jax {env['jax']}",
+        "",
+        "| model | batch | ms/step | MFLOP/step | MB/step | TFLOP/s | TB/s | top op |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        top = r["top_ops"][0][0][:40] if r["top_ops"] else "-"
+        lines.append(
+            f"| `{r['model']}` | {r['batch_size']} | {r['step_ms']:.3f} | "
+            f"{r['mflop_per_step']:.0f} | {r['mb_per_step']:.1f} | "
+            f"{r['achieved_tflops']:.2f} | {r['achieved_tb_s']:.3f} | `{top}` |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        intensity = r["mflop_per_step"] / max(r["mb_per_step"], 1e-9)
+        ax.scatter(intensity, r["achieved_tflops"], label=r["model"])
+    if peak:
+        xs = np.logspace(-1, 3, 50)
+        ax.plot(
+            xs, np.minimum(peak["fp32_tflops"], xs * peak["hbm_tb_s"]), "k--", label="fp32 roof"
+        )
+    ax.set(xscale="log", yscale="log", xlabel="FLOP/byte", ylabel="TFLOP/s", title=env["device"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=100)
+
+
+if __name__ == "__main__":
+    run_main(main)
