@@ -74,14 +74,24 @@ def dump_hlo(compiled, path: str | Path) -> Path:
     return path
 
 
-def cost(compiled) -> dict[str, float]:
-    """FLOPs and bytes accessed from XLA's ``cost_analysis()`` of a compiled function."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, list):  # older jax returns one dict per device
-        analysis = analysis[0]
+def cost(fn, *args) -> dict[str, float]:
+    """FLOPs of the step's math and bytes moved by the compiled program (XLA's cost analysis).
+
+    FLOPs are counted on a compile for the host CPU: on a GPU the convolutions
+    become cuDNN custom calls that XLA's cost analysis does not count. Bytes come
+    from the program compiled for the default device, which is what actually moves.
+    """
+
+    def analysis(compiled) -> dict:
+        result = compiled.cost_analysis()
+        return (result[0] if isinstance(result, list) else result) or {}  # older jax: per device
+
+    on_device = analysis(fn.lower(*args).compile())
+    cpu_args = jax.device_put(args, jax.devices("cpu")[0])
+    on_cpu = analysis(fn.lower(*cpu_args).compile())
     return {
-        "flops": float(analysis.get("flops", 0.0)),
-        "bytes": float(analysis.get("bytes accessed", 0.0)),
+        "flops": float(on_cpu.get("flops", 0.0)),
+        "bytes": float(on_device.get("bytes accessed", 0.0)),
     }
 
 
@@ -97,14 +107,24 @@ def top_ops(logdir: str | Path, limit: int = 12) -> list[tuple[str, float, int]]
     with gzip.open(traces[-1], "rt") as fh:
         events = json.load(fh)
     events = events.get("traceEvents", events) if isinstance(events, dict) else events
+    # Device kernels live in the trace's device processes ("/device:GPU:0 ..."); on a
+    # CPU the XLA ops run on host threads, so fall back to everything there.
+    names = {
+        e["pid"]: e.get("args", {}).get("name", "")
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    device_pids = {pid for pid, name in names.items() if "/device:" in name}
     totals: Counter = Counter()
     counts: Counter = Counter()
-    skip = ("$", "PjRt", "Thunk", "ExecuteHelper", "TraceMe", "jit_", "np.", "Python")
+    skip = ("$", "PjRt", "PJRT", "Pjit", "Common", "Thunk", "TraceMe", "jit_", "np.", "Python")
     for ev in events:
         if ev.get("ph") != "X" or "dur" not in ev:
             continue
+        if device_pids and ev.get("pid") not in device_pids:
+            continue
         name = ev.get("name", "")
-        if not name or name.startswith(skip) or ".py" in name:
+        if not name or name.startswith(skip) or name.startswith("[") or ".py" in name:
             continue
         totals[name] += ev["dur"] / 1000.0
         counts[name] += 1

@@ -31,6 +31,6 @@ def test_cost_analysis_counts_the_step():
     program, state = train.create_program(train.get_config("basic_cnn", "mnist", batch_size=16))
     images = jax.device_put(np.zeros((64, 28, 28, 1), np.uint8))
     labels = jax.device_put(np.zeros(64, np.int32))
-    one = profiling.cost(profiling.make_steps_fn(program, 1).lower(state, images, labels).compile())
+    one = profiling.cost(profiling.make_steps_fn(program, 1), state, images, labels)
     # conv1 alone: 16 images x 24x24 outputs x 10 channels x 25 MACs x 2 = 2.3 MFLOP forward
     assert one["flops"] > 2 * 16 * 24 * 24 * 10 * 25 and one["bytes"] > 0
