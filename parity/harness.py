@@ -72,6 +72,28 @@ def torch_optimizer(name: str, params, lr: float, momentum: float) -> torch.opti
     return torch.optim.Adam(params, lr=lr)
 
 
+def jax_grads(model, x: np.ndarray, y: np.ndarray, kind: str) -> tuple[float, dict]:
+    """(loss, gradients in torch names and layout) of the seed's loss, by jaxcnn."""
+    from flax import nnx
+
+    from jaxcnn.objectives import seed_loss
+    from parity.convert import state_to_torch_layout
+
+    def loss_fn(m):
+        return seed_loss(m(as_jax(x)), as_jax(y), kind)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    return float(loss), state_to_torch_layout(grads)
+
+
+def torch_grads(model, x: np.ndarray, y: np.ndarray, kind: str) -> tuple[float, dict]:
+    """(loss, gradients by torch key) of the seed's loss, by torch autograd."""
+    model.zero_grad()
+    loss = torch_loss(model(torch_input(x)), torch.from_numpy(y).to(TORCH_DEVICE), kind)
+    loss.backward()
+    return loss.item(), {k: to_numpy(p.grad) for k, p in model.named_parameters()}
+
+
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 

@@ -6,39 +6,12 @@ masks, so train-mode gradients are compared through the dropout tests instead.
 
 import numpy as np
 import pytest
-import torch
-from flax import nnx
 
 from jaxcnn import models
-from jaxcnn.objectives import seed_loss
-from parity.convert import state_to_torch_layout
-from parity.harness import (
-    TORCH_DEVICE,
-    as_jax,
-    make_pair,
-    random_batch,
-    to_numpy,
-    torch_input,
-    torch_loss,
-)
+from parity.harness import TORCH_DEVICE, jax_grads, make_pair, random_batch, torch_grads
 from parity.tolerances import GRAD_ATOL, GRAD_RTOL_CPU, GRAD_RTOL_GPU
 
 GRAD_RTOL = GRAD_RTOL_GPU if TORCH_DEVICE.type == "cuda" else GRAD_RTOL_CPU
-
-
-def jax_grads(model, x, y, kind):
-    def loss_fn(m):
-        return seed_loss(m(as_jax(x)), as_jax(y), kind)
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    return float(loss), state_to_torch_layout(grads)
-
-
-def torch_grads(model, x, y, kind):
-    model.zero_grad()
-    loss = torch_loss(model(torch_input(x)), torch.from_numpy(y).to(torch_input(x).device), kind)
-    loss.backward()
-    return loss.item(), {k: to_numpy(p.grad) for k, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("name", list(models.MODELS))

@@ -1,6 +1,6 @@
 """The roofline view of each model's training step: FLOPs, bytes, time, top ops.
 
-python scripts/profile.py [--models mnist_cnn inception resnet] [--steps 50] [--out results/profile]
+python scripts/profile_models.py [--models mnist_cnn resnet] [--steps 50] [--out results/profile]
 
 For each model at its seed batch size: XLA's cost_analysis() of one step (FLOPs
 and bytes), the measured step time (median of 5 calls of a scanned run of
@@ -12,14 +12,9 @@ OUT.png (achieved vs peak), and the traces under OUT_traces/.
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-# This file is named as the issue asks, which shadows the stdlib ``profile`` module
-# (imported by jax's dependencies) while scripts/ leads sys.path: take it off.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
-
-from jaxcnn.cli import enable_compilation_cache, run_main  # noqa: E402
+from jaxcnn.cli import enable_compilation_cache, run_main
 
 
 def main() -> None:
