@@ -244,7 +244,3 @@ def timed_compile(fn: Callable, *args) -> tuple[Callable, float]:
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     return compiled, time.perf_counter() - start
-
-
-def tree_all_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
