@@ -27,7 +27,7 @@ from parity.torch_models import create_torch
 def preprocess_torch(images: np.ndarray, name: str, device) -> torch.Tensor:
     """uint8 [N,H,W,C] -> the seed's float NCHW input (Pad, ToTensor, Normalize)."""
     spec = models.get_spec(name)
-    nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    nchw = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2)  # IDX: read-only
     # a fresh tensor with default NCHW strides (see harness.torch_input for why)
     x = torch.empty(nchw.shape, dtype=torch.float32, device=device).copy_(nchw) / 255.0
     pad_h = spec.input_shape[0] - x.shape[2]
