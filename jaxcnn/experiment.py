@@ -115,11 +115,11 @@ def train_and_evaluate(
     metrics_path = workdir / "metrics.jsonl"
     rows = report.read_metrics(metrics_path, upto_epoch=start_epoch)
 
-    where = parallel.replicated(program.mesh) if program.mesh is not None else None
-    images = jax.device_put(train_split.images, where)
-    labels = jax.device_put(train_split.labels, where)
-    test_images = jax.device_put(test_split.images, where)
-    test_labels = jax.device_put(test_split.labels, where)
+    sharding = parallel.replicated(program.mesh) if program.mesh is not None else None
+    images = jax.device_put(train_split.images, sharding)
+    labels = jax.device_put(train_split.labels, sharding)
+    test_images = jax.device_put(test_split.images, sharding)
+    test_labels = jax.device_put(test_split.labels, sharding)
 
     epoch_fn, compile_s = train.timed_compile(
         train.make_epoch_fn(program), state, images, labels, 0
@@ -185,8 +185,8 @@ def train_and_evaluate(
         bar.close()
     ckpts.close()
     if profile_dir is not None:
-        where = profiling.profile_steps(program, state, images, labels, profile_dir)
-        report.log(f"profile of 10 steady-state steps in {where} (open in Perfetto/TensorBoard)")
+        trace_dir = profiling.profile_steps(program, state, images, labels, profile_dir)
+        report.log(f"profile of 10 steady-state steps in {trace_dir} (Perfetto/TensorBoard)")
 
     summary = {
         "model": config.model,

@@ -31,11 +31,15 @@ def environment() -> dict[str, str]:
     }
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write atomically (temp file + rename): a killed run never leaves half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_metrics(path: Path, upto_epoch: int | None = None) -> list[dict]:
@@ -54,19 +58,25 @@ def read_metrics(path: Path, upto_epoch: int | None = None) -> list[dict]:
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def plot_curves(path: Path, rows: list[dict], title: str) -> bool:
-    """Train loss and test accuracy per epoch; False if matplotlib is missing."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None if matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_curves(path: Path, rows: list[dict], title: str) -> bool:
+    """Train loss and test accuracy per epoch; False if matplotlib is missing."""
+    plt = pyplot()
+    if plt is None:
         return False
     epochs = [r["epoch"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -83,12 +93,8 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> bool:
 
 def plot_predictions(path: Path, images: np.ndarray, labels, predictions, title: str) -> bool:
     """A grid of test images titled with their predictions, as seed 001 shows."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     n = len(images)
     cols = 5
