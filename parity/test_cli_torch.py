@@ -1,10 +1,6 @@
 """The CLI with PyTorch checkpoints: evaluate a .pt/.safetensors file, train from one."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,17 +11,7 @@ from safetensors.torch import save_file
 from jaxcnn import data, train
 from parity import load_torch_checkpoint
 from parity.torch_models import create_torch
-from tests.test_data import make_idx_dir
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_CACHE_DIR": "off"}
-
-
-def run(script, *args):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), *args],
-        capture_output=True, text=True, env=ENV, timeout=300,
-    )  # fmt: skip
+from tests.helpers import make_idx_dir, run_script
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
@@ -38,7 +24,7 @@ def test_evaluate_a_torch_checkpoint(tmp_path, suffix):
         torch.save(state_dict, path)
     else:
         save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
-    out = run("evaluate.py", "--model", "basic_cnn", "--checkpoint", str(path),
+    out = run_script("evaluate.py", "--model", "basic_cnn", "--checkpoint", str(path),
               "--dataset", "mnist", "--data-dir", str(tmp_path), "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])["test_accuracy"]
@@ -57,8 +43,8 @@ def test_train_from_a_torch_checkpoint_and_refuse_a_mismatched_one(tmp_path):
     torch.save(create_torch("resnet").state_dict(), tmp_path / "resnet.pt")
     args = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--epochs", "1",
             "--no-progress", "--init-from", str(tmp_path / "resnet.pt")]  # fmt: skip
-    ok = run("train.py", "--model", "resnet", *args, "--workdir", str(tmp_path / "a"))
+    ok = run_script("train.py", "--model", "resnet", *args, "--workdir", str(tmp_path / "a"))
     assert ok.returncode == 0, ok.stderr
-    bad = run("train.py", "--model", "inception", *args, "--workdir", str(tmp_path / "b"))
+    bad = run_script("train.py", "--model", "inception", *args, "--workdir", str(tmp_path / "b"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "does not fit model 'inception'" in bad.stderr

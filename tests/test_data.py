@@ -1,35 +1,12 @@
 """Data readers: IDX (plain and gz, truncated, corrupt), CIFAR batches, tfds, errors."""
 
-import gzip
 import pickle
 
 import numpy as np
 import pytest
 
 from jaxcnn import data
-
-
-def write_idx(path, array, compress=False):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path, "wb") as fh:
-            fh.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def make_idx_dir(tmp_path, n=20, compress=False):
-    rng = np.random.default_rng(0)
-    suffix = ".gz" if compress else ""
-    splits = {}
-    for split, (img, lab) in data.IDX_FILES.items():
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        write_idx(tmp_path / (img + suffix), images, compress)
-        write_idx(tmp_path / (lab + suffix), labels, compress)
-        splits[split] = (images, labels)
-    return splits
+from tests.helpers import make_idx_dir, write_idx
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -4,23 +4,20 @@ Runs in a subprocess because the device count is fixed when JAX starts.
 """
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from jaxcnn import UserError, parallel, train
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ENV
 
 SCRIPT = """
 import json, sys
 from pathlib import Path
 import jax
 from jaxcnn import experiment, train
-from tests.test_data import make_idx_dir
+from tests.helpers import make_idx_dir
 root = Path(sys.argv[1]); make_idx_dir(root, n=256)
 out = {}
 for n in (1, 4):
@@ -43,8 +40,7 @@ print(json.dumps(out))
 
 def test_four_devices_match_one(tmp_path):
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
+        **ENV,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
         "JAX_PLATFORMS": "cpu",
     }

@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcnn import data, experiment, models, train
-from tests.test_data import make_idx_dir
+from tests.helpers import make_idx_dir
 
 
 def test_one_fixed_permutation_for_all_images(tmp_path):

@@ -1,7 +1,7 @@
 """Profiling hooks: a trace of steady-state steps, optimized HLO, cost analysis, top ops."""
 
 from jaxcnn import experiment, profiling, train
-from tests.test_data import make_idx_dir
+from tests.helpers import make_idx_dir
 
 
 def test_profile_and_hlo_dump(tmp_path):

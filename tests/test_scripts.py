@@ -1,13 +1,11 @@
 """Every script starts: ``--help`` exits 0 (catches import errors and shadowed modules)."""
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, run_script
+
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
 
@@ -20,10 +18,6 @@ def test_no_script_shadows_the_standard_library():
 def test_help(script):
     if script.name in {"parity_report.py", "compare_torch.py"}:
         pytest.importorskip("torch")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, str(script), "--help"], capture_output=True, text=True, env=env,
-        timeout=120,
-    )  # fmt: skip
+    out = run_script(script.name, "--help", timeout=120)
     assert out.returncode == 0, out.stderr[-1500:]
     assert "usage:" in out.stdout

@@ -2,12 +2,10 @@
 divergence, real Fashion-MNIST, and one-line errors with non-zero exits."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,10 +13,7 @@ import pytest
 
 from jaxcnn import data, experiment, train
 from jaxcnn.checkpoint import Checkpoints
-from tests.test_data import make_idx_dir
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_CACHE_DIR": "off"}
+from tests.helpers import ENV, ROOT, make_idx_dir, run_script
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +37,6 @@ def assert_same_params(workdir_a, workdir_b, config):
     pairs = zip(final_params(workdir_a, config), final_params(workdir_b, config), strict=True)
     for x, y in pairs:
         np.testing.assert_array_equal(x, y)
-
-
-def cli(script, *args, timeout=300):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=timeout,
-    )
 
 
 def test_same_seed_same_metrics(idx_dir, tmp_path):
@@ -95,7 +80,7 @@ def test_resume_after_sigkill_matches_uninterrupted(idx_dir, tmp_path):
         "--no-progress",
     ]
     reference = tmp_path / "reference"
-    assert cli("train.py", *args, "--workdir", str(reference)).returncode == 0
+    assert run_script("train.py", *args, "--workdir", str(reference)).returncode == 0
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -112,7 +97,7 @@ def test_resume_after_sigkill_matches_uninterrupted(idx_dir, tmp_path):
     done = Checkpoints(killed).latest_epoch()
     assert done is not None and done < epochs, "the kill should land mid-run"
 
-    resumed = cli("train.py", *args, "--workdir", str(killed), "--resume")
+    resumed = run_script("train.py", *args, "--workdir", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming basic_cnn from epoch {done}" in resumed.stdout
     config = small_config(idx_dir, epochs=epochs, batch_size=16)
@@ -145,7 +130,7 @@ def test_existing_run_is_not_overwritten(idx_dir, tmp_path):
 )
 def test_real_fashion_mnist_cli_train_then_evaluate(tmp_path):
     workdir = tmp_path / "run"
-    out = cli(
+    out = run_script(
         "train.py",
         "--model",
         "basic_cnn",
@@ -166,7 +151,7 @@ def test_real_fashion_mnist_cli_train_then_evaluate(tmp_path):
     assert {"compile_seconds", "epoch_seconds", "device", "jax"} <= set(summary)
     for name in ["metrics.jsonl", "config.json", "curves.png", "predictions.png"]:
         assert (workdir / name).is_file(), name
-    ev = cli(
+    ev = run_script(
         "evaluate.py",
         "--model",
         "basic_cnn",
@@ -199,7 +184,7 @@ def test_real_fashion_mnist_cli_train_then_evaluate(tmp_path):
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):
-    out = cli("train.py", *args, "--workdir", str(tmp_path / "w"), timeout=120)
+    out = run_script("train.py", *args, "--workdir", str(tmp_path / "w"), timeout=120)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("error: ") and message in out.stderr
@@ -210,10 +195,9 @@ def test_no_data_anywhere_is_one_sentence_and_leaves_no_workdir(tmp_path):
     """MNIST with nothing prepared and no way to download: say so, exit 2, write nothing."""
     pytest.importorskip("tensorflow_datasets")
     env = {**ENV, "TFDS_DATA_DIR": str(tmp_path / "tfds")}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "--model", "basic_cnn",
-         "--dataset", "mnist", "--workdir", str(tmp_path / "w")],
-        capture_output=True, text=True, env=env, timeout=300,
+    out = run_script(
+        "train.py", "--model", "basic_cnn", "--dataset", "mnist", "--workdir", str(tmp_path / "w"),
+        env=env,
     )  # fmt: skip
     assert out.returncode == 2
     error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]

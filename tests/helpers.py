@@ -1,0 +1,51 @@
+"""Shared by the tests in tests/ and parity/: small IDX datasets and running the scripts."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jaxcnn import data
+
+ROOT = Path(__file__).resolve().parents[1]
+# Scripts run from the checkout, without the persistent cache (tests must not share state).
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_CACHE_DIR": "off"}
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300):
+    """``python scripts/<script> args...``, output captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        timeout=timeout,
+    )
+
+
+def write_idx(path, array, compress=False):
+    """An IDX file as published for MNIST: magic, big-endian dims, uint8 data."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as fh:
+            fh.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def make_idx_dir(directory, n=20, compress=False):
+    """Random train and test IDX files for ``n`` images each; returns what was written."""
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if compress else ""
+    splits = {}
+    for split, (img, lab) in data.IDX_FILES.items():
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        write_idx(directory / (img + suffix), images, compress)
+        write_idx(directory / (lab + suffix), labels, compress)
+        splits[split] = (images, labels)
+    return splits
