@@ -52,3 +52,31 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
         help="folder with raw files (MNIST IDX *-ubyte[.gz] or CIFAR-10 python batches) "
         "instead of tensorflow-datasets",
     )
+
+
+def add_impl_flags(parser: argparse.ArgumentParser) -> None:
+    """How the trainer computes (same math, different kernels): see README, "Speed"."""
+    parser.add_argument(
+        "--fuse",
+        action="store_true",
+        help="algebraically identical fused forms (InceptionA: its four 1x1 convs as one matmul)",
+    )
+    parser.add_argument(
+        "--conv", choices=["xla", "im2col"], help="convolution algorithm (default: xla)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="compute dtype; parameters stay float32 (default: float32)",
+    )
+    parser.add_argument("--unroll", type=int, help="training steps per scan-loop iteration")
+
+
+def impl_overrides(args: argparse.Namespace) -> dict:
+    """The ``get_config`` overrides that :func:`add_impl_flags` parsed (None: recipe default)."""
+    return {
+        "fuse": args.fuse or None,
+        "conv": args.conv,
+        "dtype": args.dtype,
+        "unroll": args.unroll,
+    }

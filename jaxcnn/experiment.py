@@ -33,6 +33,7 @@ RESUME_KEYS = (
     "loss",
     "seed",
     "permute_pixels",
+    "dtype",
 )
 
 
@@ -64,9 +65,10 @@ def _check_workdir(workdir: Path, config: train.Config, resume: bool, ckpts: Che
             f"{ckpts.latest_epoch()}); pass --resume to continue it or choose another --workdir"
         )
     if resume and saved.exists():
-        old = json.loads(saved.read_text())
+        defaults = {f.name: f.default for f in dataclasses.fields(train.Config)}
+        old = {k: json.loads(saved.read_text()).get(k, defaults.get(k)) for k in RESUME_KEYS}
         new = dataclasses.asdict(config)
-        diff = [k for k in RESUME_KEYS if json.dumps(old.get(k)) != json.dumps(new.get(k))]
+        diff = [k for k in RESUME_KEYS if json.dumps(old[k]) != json.dumps(new.get(k))]
         if diff:
             raise UserError(
                 f"--resume: this run's {', '.join(diff)} differ from the run in '{workdir}' "

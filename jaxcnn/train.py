@@ -29,6 +29,8 @@ from jaxcnn import data, models, parallel
 from jaxcnn.errors import UserError
 from jaxcnn.objectives import LOSSES, OPTIMIZERS, make_optimizer, seed_loss
 
+DTYPES = ("float32", "bfloat16")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -48,6 +50,10 @@ class Config:
     train_limit: int | None = None  # first N training images only (smoke tests)
     permute_pixels: bool = False  # seed 001 section 4: one fixed pixel shuffle
     devices: int = 1  # data-parallel over this many local devices
+    fuse: bool = False  # algebraically identical fused forms (models.set_impl)
+    conv: str = "xla"  # convolution algorithm, one of models.CONV_IMPLS
+    dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
+    unroll: int = 1  # training steps per iteration of the epoch's scan loop
     eval_batch_size: int = 1000
 
 
@@ -75,9 +81,15 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
         raise UserError(
             f"unknown optimizer '{config.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}"
         )
+    if config.conv not in models.CONV_IMPLS:
+        raise UserError(
+            f"unknown conv algorithm '{config.conv}'; choose one of: {', '.join(models.CONV_IMPLS)}"
+        )
+    if config.dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{config.dtype}'; choose one of: {', '.join(DTYPES)}")
     if config.loss not in LOSSES:
         raise UserError(f"unknown loss '{config.loss}'; choose one of: {', '.join(LOSSES)}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "devices"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "devices", "unroll"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not (config.lr > 0 and math.isfinite(config.lr)):
@@ -107,14 +119,26 @@ class Program:
     mesh: jax.sharding.Mesh | None = None  # data parallelism over the batch axis
 
     def apply(self, params: nnx.State, images: jax.Array, key: jax.Array | None) -> jax.Array:
-        """Model outputs for uint8 images [B,H,W,C]; dropout on iff ``key`` is given."""
+        """Float32 model outputs for uint8 images [B,H,W,C]; dropout on iff ``key`` is given.
+
+        With ``config.dtype == "bfloat16"`` the float32 parameters and the
+        preprocessed input are cast to bfloat16 here, inside the differentiated
+        function: the forward and backward passes run in bfloat16, the gradients
+        arrive in float32 (the cast's transpose) and the optimizer updates
+        float32 master weights. Outputs go back to float32 for the loss.
+        """
         rest = self.rest if key is None else with_dropout_key(self.rest, key)
+        x = data.preprocess(images, self.input_shape, self.config.normalize)
+        if self.config.dtype != "float32":
+            dtype = jnp.dtype(self.config.dtype)
+            params = jax.tree.map(lambda p: p.astype(dtype), params)
+            x = x.astype(dtype)
         model = nnx.merge(self.graphdef, params, rest)
         if key is None:
             model.eval()
         else:
             model.train()
-        return model(data.preprocess(images, self.input_shape, self.config.normalize))
+        return model(x).astype(jnp.float32)
 
 
 def with_dropout_key(rest: nnx.State, key: jax.Array) -> nnx.State:
@@ -139,6 +163,7 @@ def create_program(config: Config, model: nnx.Module | None = None) -> tuple[Pro
     """The static program and the initial state (torch-default init from ``config.seed``)."""
     if model is None:
         model = models.create(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed))
+    models.set_impl(model, fuse=config.fuse, conv=config.conv)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(config.optimizer, config.lr, config.momentum)
     spec = models.get_spec(config.model)
@@ -192,7 +217,12 @@ def make_epoch_fn(program: Program) -> Callable:
             return train_step(program, state, (images[idx], labels[idx]), key)
 
         batches = perm[: full * batch_size].reshape(full, batch_size)
-        state, losses = jax.lax.scan(body, state, (batches, step_keys[:full]))
+        state, losses = jax.lax.scan(
+            body,
+            state,
+            (batches, step_keys[:full]),
+            unroll=max(1, min(program.config.unroll, full)),
+        )
         if rest:
             idx = perm[full * batch_size :]
             state, last = train_step(program, state, (images[idx], labels[idx]), step_keys[full])

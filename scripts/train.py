@@ -5,7 +5,13 @@ Defaults come from the model's seed recipe; flags override them. See README.md.
 
 import argparse
 
-from jaxcnn.cli import add_data_flags, enable_compilation_cache, run_main
+from jaxcnn.cli import (
+    add_data_flags,
+    add_impl_flags,
+    enable_compilation_cache,
+    impl_overrides,
+    run_main,
+)
 
 
 def main() -> None:
@@ -27,6 +33,7 @@ def main() -> None:
     parser.add_argument(
         "--permute-pixels", action="store_true", help="one fixed pixel shuffle (seed 001 sec. 4)"
     )
+    add_impl_flags(parser)
     parser.add_argument("--devices", help="data-parallel over 'all' or N local devices")
     parser.add_argument(
         "--distributed", action="store_true", help="call jax.distributed.initialize() first"
@@ -56,6 +63,7 @@ def main() -> None:
         train_limit=args.train_limit,
         permute_pixels=args.permute_pixels or None,
         devices=parallel.parse_devices(args.devices),
+        **impl_overrides(args),
     )
     init_model = None
     if args.init_from:

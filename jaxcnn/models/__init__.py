@@ -17,6 +17,7 @@ from jaxcnn.errors import UserError
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.convnet import ConvNet
 from jaxcnn.models.inception import Inception
+from jaxcnn.models.layers import CONV_IMPLS
 from jaxcnn.models.lenet import BasicCNN, BlitzNet, LeNet5, SimpleCNN
 from jaxcnn.models.mlp import MLP
 from jaxcnn.models.resnet import ResNet
@@ -144,12 +145,16 @@ def get_spec(name: str) -> ModelSpec:
         raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}") from None
 
 
-def create(name: str, *, rngs: nnx.Rngs | int = 0) -> SeedModel:
+def create(
+    name: str, *, rngs: nnx.Rngs | int = 0, fuse: bool = False, conv: str = "xla"
+) -> SeedModel:
     """Build model ``name`` with PyTorch-default initialisation.
 
     Args:
         name: a key of :data:`MODELS`.
         rngs: an ``nnx.Rngs`` or an integer seed (``params`` and ``dropout`` streams).
+        fuse: compute with the algebraically identical fused forms where a model
+            has them; ``conv``: the convolution algorithm (see :func:`set_impl`).
 
     Returns:
         The model, in training mode (call ``.eval()`` for inference).
@@ -159,6 +164,24 @@ def create(name: str, *, rngs: nnx.Rngs | int = 0) -> SeedModel:
         rngs = nnx.Rngs(params=rngs, dropout=rngs + 1)
     model = spec.constructor(rngs=rngs)
     model.model_name = name
+    return set_impl(model, fuse=fuse, conv=conv)
+
+
+def set_impl(model: nnx.Module, *, fuse: bool = False, conv: str = "xla") -> nnx.Module:
+    """Choose how ``model`` computes, in place; what it computes stays the same.
+
+    Args:
+        fuse: every submodule with a ``fuse`` attribute (``InceptionA``) uses its
+            algebraically identical fused form.
+        conv: every ``Conv2d`` uses this algorithm, one of ``CONV_IMPLS``.
+
+    These are static attributes (part of the graph, not the state), so they
+    pick which computation is traced; the parameter tree, and thus checkpoints
+    and the torch converter, are the same either way.
+    """
+    if conv not in CONV_IMPLS:
+        raise UserError(f"unknown conv algorithm '{conv}'; choose one of: {', '.join(CONV_IMPLS)}")
+    model.set_attributes(fuse=fuse, conv_impl=conv, raise_if_not_found=False)
     return model
 
 
@@ -167,4 +190,13 @@ def param_count(model: nnx.Module) -> int:
     return sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ["MODELS", "ModelSpec", "Recipe", "create", "get_spec", "param_count"]
+__all__ = [
+    "CONV_IMPLS",
+    "MODELS",
+    "ModelSpec",
+    "Recipe",
+    "create",
+    "get_spec",
+    "param_count",
+    "set_impl",
+]

@@ -15,7 +15,13 @@ class InceptionA(nnx.Module):
 
     The branch order of the concatenation (1x1, 5x5, 3x3, pool) fixes the
     channel order the next conv was trained on, so it is the seed's order.
+
+    ``fuse`` (set through ``models.create(..., fuse=True)``) computes the four
+    1x1 convolutions that read the block's input as one wider matmul and
+    splits after (see :meth:`fused_1x1`); the parameters stay the seed's.
     """
+
+    fuse: bool = False
 
     def __init__(self, in_channels: int, *, rngs: nnx.Rngs):
         self.branch1x1 = Conv2d(in_channels, 16, 1, rngs=rngs)
@@ -27,11 +33,40 @@ class InceptionA(nnx.Module):
         self.branch_pool = Conv2d(in_channels, 24, 1, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        branch1x1 = self.branch1x1(x)
-        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
-        branch3x3 = self.branch3x3_3(self.branch3x3_2(self.branch3x3_1(x)))
-        branch_pool = self.branch_pool(avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        if self.fuse:
+            branch1x1, branch5x5, branch3x3, branch_pool = self.fused_1x1(x)
+        else:
+            branch1x1 = self.branch1x1(x)
+            branch5x5 = self.branch5x5_1(x)
+            branch3x3 = self.branch3x3_1(x)
+            branch_pool = self.branch_pool(avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        branch5x5 = self.branch5x5_2(branch5x5)
+        branch3x3 = self.branch3x3_3(self.branch3x3_2(branch3x3))
         return jnp.concatenate([branch1x1, branch5x5, branch3x3, branch_pool], axis=-1)
+
+    def fused_1x1(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        """The four 1x1 convolutions of the block as one [C_in, 72] matmul, split after.
+
+        Three of them read ``x`` directly. The pool branch reads
+        ``avg_pool(x)``; a 1x1 convolution is a per-pixel linear map and the
+        average pool (zeros counted at the border) is linear in each channel, so
+        ``W(avg_pool(x)) == avg_pool(W x)`` and that branch joins the matmul
+        too. Its bias is added after the pool, because pooling a constant bias
+        would shrink it at the border. One small matmul replaces four
+        convolutions (and their gradient kernels) for the same math up to
+        float rounding.
+        """
+        convs = (self.branch1x1, self.branch5x5_1, self.branch3x3_1, self.branch_pool)
+        kernel = jnp.concatenate([conv.kernel[...][0, 0] for conv in convs], axis=-1)
+        y = jnp.einsum("nhwc,co->nhwo", x, kernel)
+        outs, start = [], 0
+        for conv in convs:
+            width = conv.out_features
+            outs.append(y[..., start : start + width])
+            start += width
+        pooled = avg_pool2d(outs[3], kernel_size=3, stride=1, padding=1)
+        outs[3] = pooled
+        return tuple(out + conv.bias[...] for out, conv in zip(outs, convs, strict=True))
 
 
 class Inception(SeedModel):

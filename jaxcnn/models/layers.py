@@ -31,33 +31,84 @@ def torch_default_init(fan_in: int) -> nnx.Initializer:
     return init
 
 
-def Conv2d(  # noqa: N802 - named after torch.nn.Conv2d on purpose
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    padding: int = 0,
-    bias: bool = True,
-    rngs: nnx.Rngs,
-) -> nnx.Conv:
+CONV_IMPLS = ("xla", "im2col")
+
+
+class Conv2d(nnx.Conv):
     """``torch.nn.Conv2d`` as an ``nnx.Conv`` (NHWC, HWIO kernel, torch init).
 
     PyTorch's integer ``padding`` is symmetric zero padding; Flax's default is
     ``'SAME'``, so the padding is always spelled out here.
+
+    ``conv_impl`` picks the algorithm (set through ``models.create(...,
+    conv="im2col")``; the parameters are the same either way):
+
+    * ``"xla"``: ``lax.conv_general_dilated``, which XLA hands to cuDNN on a GPU.
+    * ``"im2col"``: the kh*kw shifted views of the input concatenated on channels
+      and one matmul with the kernel reshaped to [kh*kw*C_in, C_out]
+      (:func:`conv2d_im2col`). The same sums in another order. For the seeds'
+      tiny images and channel counts, one GEMM (whose weight gradient is
+      another GEMM) can beat a convolution library's small-problem kernels.
     """
-    init = torch_default_init(in_channels * kernel_size * kernel_size)
-    return nnx.Conv(
-        in_channels,
-        out_channels,
-        (kernel_size, kernel_size),
-        strides=stride,
-        padding=[(padding, padding), (padding, padding)],
-        use_bias=bias,
-        kernel_init=init,
-        bias_init=init,
-        rngs=rngs,
-    )
+
+    conv_impl: str = "xla"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        init = torch_default_init(in_channels * kernel_size * kernel_size)
+        super().__init__(
+            in_channels,
+            out_channels,
+            (kernel_size, kernel_size),
+            strides=stride,
+            padding=[(padding, padding), (padding, padding)],
+            use_bias=bias,
+            kernel_init=init,
+            bias_init=init,
+            rngs=rngs,
+        )
+        self.torch_stride = stride
+        self.torch_padding = padding
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.conv_impl == "xla":
+            return super().__call__(x)
+        if self.conv_impl != "im2col":
+            raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
+        bias = None if self.bias is None else self.bias[...]
+        return conv2d_im2col(x, self.kernel[...], bias, self.torch_stride, self.torch_padding)
+
+
+def conv2d_im2col(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, stride: int = 1, padding: int = 0
+) -> jax.Array:
+    """A 2-D convolution as one matmul over patches. [N,H,W,C] x HWIO -> [N,H',W',O].
+
+    Patch features are ordered (kernel row, kernel column, input channel), the
+    order of ``kernel.reshape(kh * kw * C_in, C_out)`` for an HWIO kernel.
+    """
+    kh, kw, cin, cout = kernel.shape
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h = (x.shape[1] - kh) // stride + 1
+    w = (x.shape[2] - kw) // stride + 1
+    views = [
+        x[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+    y = patches @ kernel.reshape(kh * kw * cin, cout).astype(patches.dtype)
+    return y if bias is None else y + bias.astype(y.dtype)
 
 
 def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:  # noqa: N802

@@ -1,0 +1,51 @@
+"""The speed options keep parity: logits and gradients still match the seeds' torch models.
+
+``fuse`` and ``conv="im2col"`` (see jaxcnn.models.set_impl) are algebraically
+identical rewrites, so they are held to the same tolerances as the plain form.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from jaxcnn import models
+from parity.harness import (
+    as_jax,
+    jax_grads,
+    make_pair,
+    random_batch,
+    to_numpy,
+    torch_grads,
+    torch_input,
+)
+from parity.test_grads import GRAD_RTOL
+from parity.tolerances import GRAD_ATOL, LOGITS_ATOL
+
+IMPLS = {
+    "im2col": {"conv": "im2col"},
+    "fused": {"fuse": True},
+    "fused+im2col": {"fuse": True, "conv": "im2col"},
+}
+# fuse changes only the models that have a fused form (InceptionA)
+CASES = [(name, "im2col") for name in models.MODELS] + [
+    ("inception", "fused"),
+    ("inception", "fused+im2col"),
+]
+
+
+@pytest.mark.parametrize(("name", "impl"), CASES)
+def test_speed_option_keeps_parity(name, impl):
+    torch_model, jax_model = make_pair(name, seed=5)
+    models.set_impl(jax_model, **IMPLS[impl])
+    x, y = random_batch(name, 16, seed=5)
+    with torch.no_grad():
+        expected = to_numpy(torch_model(torch_input(x)))
+    np.testing.assert_allclose(np.asarray(jax_model(as_jax(x))), expected, rtol=0, atol=LOGITS_ATOL)
+    kind = models.get_spec(name).recipe.loss
+    t_loss, t_grads = torch_grads(torch_model, x, y, kind)
+    j_loss, j_grads = jax_grads(jax_model, x, y, kind)
+    assert abs(j_loss - t_loss) <= 1e-5 * max(1.0, abs(t_loss))
+    assert j_grads.keys() == t_grads.keys()
+    for key, want in t_grads.items():
+        err = np.abs(j_grads[key] - want).max()
+        assert err <= GRAD_RTOL * np.abs(want).max() + GRAD_ATOL, f"{key}: max |dg| {err:.3g}"

@@ -1,0 +1,133 @@
+"""The speed options compute what the plain models compute (no torch here).
+
+``fuse`` (InceptionA's four 1x1 convolutions as one matmul) and ``conv="im2col"``
+(every convolution as one matmul over patches) are algebraically identical
+rewrites: logits and gradients must match the plain form to float32 rounding,
+and the traced program must really be different (fewer or no convolutions),
+or the option would be a no-op passing its own equality test.
+``dtype="bfloat16"`` is not identical: it must stay close, keep float32
+parameters and gradients, and compute in bfloat16.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcnn import UserError, models, train
+from jaxcnn.models import layers
+from jaxcnn.objectives import seed_loss
+
+IMPLS = {
+    "fused": {"fuse": True},
+    "im2col": {"conv": "im2col"},
+    "fused+im2col": {"fuse": True, "conv": "im2col"},
+}
+
+
+def logits_and_grads(model, x, y, kind):
+    def loss_fn(m):
+        out = m(x)
+        return seed_loss(out, y, kind), out
+
+    (_, out), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
+    return np.asarray(out), {
+        "/".join(map(str, path)): np.asarray(g)
+        for path, g in jax.tree_util.tree_leaves_with_path(nnx.state(grads, nnx.Param))
+    }
+
+
+def count_primitive(model, x, name: str) -> int:
+    """How many times primitive ``name`` appears in the jaxpr of the model's gradient."""
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+        return nnx.merge(graphdef, state)(x).sum()
+
+    return str(jax.make_jaxpr(jax.grad(loss))(state)).count(name)
+
+
+# Every model against torch under each option: parity/test_fast_paths.py. Here, without
+# torch, the model where the options change the most, against its plain form.
+CASES = [("inception", impl) for impl in IMPLS]
+
+
+@pytest.mark.parametrize(("name", "impl"), CASES)
+def test_speed_option_matches_plain_form(name, impl):
+    plain = models.create(name, rngs=3)
+    fast = models.create(name, rngs=3, **IMPLS[impl])
+    plain.eval()
+    fast.eval()
+    h, w, c = models.get_spec(name).input_shape
+    x = jax.random.normal(jax.random.key(0), (16, h, w, c))
+    y = jnp.arange(16) % 10
+    kind = models.get_spec(name).recipe.loss
+    want_out, want = logits_and_grads(plain, x, y, kind)
+    got_out, got = logits_and_grads(fast, x, y, kind)
+    np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
+    assert got.keys() == want.keys()
+    for key, g in want.items():
+        scale = np.abs(g).max()
+        assert np.abs(got[key] - g).max() <= 1e-5 * scale + 1e-7, key
+
+
+def test_fused_inception_traces_fewer_convolutions():
+    x = jnp.zeros((2, 28, 28, 1))
+    plain = count_primitive(models.create("inception"), x, "conv_general_dilated")
+    fused = count_primitive(models.create("inception", fuse=True), x, "conv_general_dilated")
+    # per InceptionA, branch1x1, branch5x5_1, branch3x3_1 and branch_pool leave the
+    # convolutions (forward, input and weight gradients) for one matmul
+    assert fused < plain
+    assert count_primitive(
+        models.create("inception", fuse=True), x, "dot_general"
+    ) > count_primitive(models.create("inception"), x, "dot_general")
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "inception", "resnet"])
+def test_im2col_traces_no_convolution(name):
+    h, w, c = models.get_spec(name).input_shape
+    x = jnp.zeros((2, h, w, c))
+    assert count_primitive(models.create(name), x, "conv_general_dilated") > 0
+    assert count_primitive(models.create(name, conv="im2col"), x, "conv_general_dilated") == 0
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding"), [(5, 1, 0), (3, 1, 1), (1, 1, 0), (3, 2, 1)]
+)
+def test_im2col_conv_layer_matches_xla(kernel, stride, padding):
+    conv = layers.Conv2d(3, 7, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 13, 11, 3))
+    want = conv(x)
+    conv.conv_impl = "im2col"
+    got = conv(x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_unknown_conv_algorithm_is_a_user_error():
+    with pytest.raises(UserError, match="im2col"):
+        models.create("resnet", conv="winograd")
+    with pytest.raises(UserError, match="bfloat16"):
+        train.get_config("resnet", "fashion_mnist", dtype="float16")
+
+
+def test_bfloat16_computes_in_bf16_and_keeps_float32_state():
+    config = train.get_config("inception", "fashion_mnist", dtype="bfloat16")
+    program, state = train.create_program(config)
+    ref_program, _ = train.create_program(train.get_config("inception", "fashion_mnist"))
+    images = jax.random.randint(jax.random.key(0), (8, 28, 28, 1), 0, 256).astype(jnp.uint8)
+    labels = jnp.arange(8) % 10
+    jaxpr = str(jax.make_jaxpr(program.apply)(state.params, images, None))
+    assert "bf16[8,24,24,10]" in jaxpr  # conv1's output: the convolutions run in bf16
+    out = jax.jit(program.apply)(state.params, images, None)
+    ref = jax.jit(ref_program.apply)(state.params, images, None)
+    assert out.dtype == jnp.float32
+    assert 0 < np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()  # close, not identical
+    step = jax.jit(lambda s, b, k: train.train_step(program, s, b, k))
+    new_state, loss = step(state, (images, labels), jax.random.key(1))
+    leaves = jax.tree.leaves(new_state)
+    assert all(
+        leaf.dtype == jnp.float32 for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)
+    )
+    assert np.isfinite(float(loss))
