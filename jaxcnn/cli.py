@@ -62,7 +62,9 @@ def add_impl_flags(parser: argparse.ArgumentParser) -> None:
         help="algebraically identical fused forms (InceptionA: its four 1x1 convs as one matmul)",
     )
     parser.add_argument(
-        "--conv", choices=["xla", "im2col"], help="convolution algorithm (default: xla)"
+        "--conv",
+        choices=["auto", "xla", "im2col"],
+        help="convolution algorithm (default auto: im2col on CPU, xla on GPU)",
     )
     parser.add_argument(
         "--dtype",

@@ -39,7 +39,8 @@ def make_steps_fn(program: train.Program, steps: int):
             i, key = xs
             return train.train_step(program, state, (images[i], labels[i]), key)
 
-        return jax.lax.scan(body, state, (idx, keys))
+        unroll = max(1, min(program.config.unroll, steps))  # as the epoch loop does
+        return jax.lax.scan(body, state, (idx, keys), unroll=unroll)
 
     return jax.jit(fn)
 

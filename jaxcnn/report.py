@@ -19,7 +19,7 @@ def environment() -> dict[str, str]:
     import optax
 
     device = jax.devices()[0]
-    return {
+    env = {
         "device": getattr(device, "device_kind", str(device)),
         "platform": jax.default_backend(),
         "device_count": str(jax.device_count()),
@@ -29,6 +29,23 @@ def environment() -> dict[str, str]:
         "optax": optax.__version__,
         "host": f"{platform.machine()}, {os.cpu_count()} cores",
     }
+    if jax.default_backend() == "gpu":
+        env["driver"] = _nvidia_driver()
+    return env
+
+
+def _nvidia_driver() -> str:
+    """The NVIDIA driver version from nvidia-smi, or "unknown"."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else "unknown"
 
 
 def write_atomic(path: Path, text: str) -> None:

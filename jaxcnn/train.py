@@ -51,7 +51,7 @@ class Config:
     permute_pixels: bool = False  # seed 001 section 4: one fixed pixel shuffle
     devices: int = 1  # data-parallel over this many local devices
     fuse: bool = False  # algebraically identical fused forms (models.set_impl)
-    conv: str = "xla"  # convolution algorithm, one of models.CONV_IMPLS
+    conv: str = "auto"  # convolution algorithm: models.CONV_IMPLS, or "auto" (resolve_conv)
     dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
     unroll: int = 1  # training steps per iteration of the epoch's scan loop
     eval_batch_size: int = 1000
@@ -72,6 +72,7 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
         "normalize": recipe.normalize,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values["conv"] = models.resolve_conv(values.get("conv", "auto"))
     config = Config(**values)
     if config.dataset not in data.DATASETS:
         raise UserError(

@@ -1,20 +1,31 @@
 """The seeds' PyTorch training loops, for accuracy and speed comparisons.
 
-Two forms of the same recipe (optimizer, lr, momentum, batch size, epochs, loss,
+Three forms of the same recipe (optimizer, lr, momentum, batch size, epochs, loss,
 ``ToTensor``/``Normalize``, 28->32 padding, last partial batch kept):
 
 * :func:`train_resident`: the dataset preprocessed once onto the device and
   indexed per batch. Same math as the seeds' loop, without the per-sample
   Python transforms; optionally in jaxcnn's exact data order.
+* :func:`train_graphed`: the best PyTorch can do for these models: resident
+  data, and the whole step (gather, forward, backward, optimizer) captured in
+  one CUDA graph and replayed, optionally with ``torch.compile``. CUDA only.
 * :func:`train_seed_loop`: the seeds' loop as written: a torchvision dataset,
   ``DataLoader(shuffle=True)`` and per-sample transforms. Needs torchvision
   (the ``bench`` extra); used only for timing on a GPU.
+
+Each returns ``{"test_accuracy": [per epoch], "epoch_seconds": [per epoch],
+"startup_seconds": s}``; the start-up is what runs before the first epoch
+(data to the device, and for the graphed form warm-up, compile and capture).
 """
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,18 +74,19 @@ def train_resident(
     epochs: int | None = None,
     device: str = "cuda",
     order: Callable[[int, int], np.ndarray] | None = None,
+    batch_size: int | None = None,
 ) -> dict:
     """Train the seed's torch model with its recipe on device-resident data.
 
     Args:
         order: ``order(epoch, n) -> permutation``; default ``torch.randperm``
             seeded by ``seed`` (what ``DataLoader(shuffle=True)`` does).
-
-    Returns:
-        ``{"test_accuracy": [per epoch], "epoch_seconds": [per epoch]}``.
+        batch_size: overrides the recipe's.
     """
     recipe = models.get_spec(name).recipe
     epochs = epochs or recipe.epochs
+    batch_size = batch_size or recipe.batch_size
+    startup = time.perf_counter()
     torch.manual_seed(seed)
     model = create_torch(name).to(device)
     opt = torch_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.momentum)
@@ -84,34 +96,180 @@ def train_resident(
     yt = torch.from_numpy(test_labels.astype(np.int64)).to(device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     accuracies, seconds = [], []
+    _sync(device)
+    startup = time.perf_counter() - startup
     for epoch in range(1, epochs + 1):
         model.train()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         start = time.perf_counter()
         perm = (
             torch.from_numpy(np.asarray(order(epoch, len(x)))).to(device)
             if order is not None
             else torch.randperm(len(x), generator=generator).to(device)
         )
-        for i in range(0, len(x), recipe.batch_size):
-            idx = perm[i : i + recipe.batch_size]
+        for i in range(0, len(x), batch_size):
+            idx = perm[i : i + batch_size]
             opt.zero_grad()
             torch_loss(model(x[idx]), y[idx], recipe.loss).backward()
             opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         seconds.append(time.perf_counter() - start)
         accuracies.append(evaluate(model, xt, yt))
-    return {"test_accuracy": accuracies, "epoch_seconds": seconds}
+    return {
+        "test_accuracy": accuracies,
+        "epoch_seconds": seconds,
+        "startup_seconds": startup,
+        "model": model,
+    }
 
 
-def train_seed_loop(name: str, raw_root: str, *, epochs: int = 1, device: str = "cuda") -> dict:
-    """The seeds' own loop on torchvision's FashionMNIST in ``raw_root``: seconds per epoch."""
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_graphed(
+    name: str,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    compile_model: bool = False,
+    warmup_steps: int = 3,
+    capture: bool = True,
+    device: str = "cuda",
+) -> dict:
+    """The recipe with the whole training step in one CUDA graph, replayed per batch.
+
+    Following PyTorch's whole-network capture recipe: ``warmup_steps`` eager
+    steps on a side stream (cuDNN autotuning, lazy state, and with
+    ``compile_model`` the ``torch.compile`` of forward and backward), then one
+    capture of gather + forward + backward + ``optimizer.step()``; each batch
+    then costs one index copy and one ``replay()``. Adam runs with
+    ``capturable=True`` so its step counter lives on the GPU. The warm-up steps
+    are undone afterwards (parameters restored, optimizer state zeroed, which
+    is what a fresh SGD-momentum or Adam state computes the same as), so
+    training starts from the seed's initialisation like the other forms. A
+    last partial batch runs eagerly on the same tensors.
+
+    Precision is each library's GPU default made equal to JAX's: TF32 for
+    convolutions (PyTorch's default too) and for matmuls (``high``), and
+    ``cudnn.benchmark`` on, as a user tuning for speed would set.
+
+    ``capture=False`` runs the same code with an eager step in place of the
+    replay (any device): what the tests use to check the warm-up is undone and
+    the static-index plumbing feeds the right batches.
+    """
+    if capture and not torch.cuda.is_available():
+        raise RuntimeError("the CUDA-graphed PyTorch step needs a CUDA GPU")
+    recipe = models.get_spec(name).recipe
+    epochs = epochs or recipe.epochs
+    batch = batch_size or recipe.batch_size
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+    startup = time.perf_counter()
+    torch.manual_seed(seed)
+    model = create_torch(name).to(device)
+    if recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, capturable=capture)
+    forward = torch.compile(model) if compile_model else model
+    x = preprocess_torch(train_images, name, device)
+    y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
+    xt = preprocess_torch(test_images, name, device)
+    yt = torch.from_numpy(test_labels.astype(np.int64)).to(device)
+    initial = [p.detach().clone() for p in model.parameters()]
+    n = len(x)
+    full, rest = divmod(n, batch)
+    static_idx = torch.arange(batch, device=device)
+
+    def step(idx):
+        loss = torch_loss(forward(x[idx]), y[idx], recipe.loss)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def warm_up():
+        for _ in range(warmup_steps):
+            opt.zero_grad(set_to_none=True)
+            step(static_idx)
+            if rest:  # the tail's shape too, so its compile/autotune is start-up
+                opt.zero_grad(set_to_none=True)
+                step(static_idx[:rest])
+
+    model.train()
+    if capture:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            warm_up()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)  # backward allocates .grad from the graph's pool
+        with torch.cuda.graph(graph):
+            step(static_idx)
+        replay = graph.replay
+    else:
+        warm_up()
+
+        def replay():
+            opt.zero_grad(set_to_none=False)
+            step(static_idx)
+
+    with torch.no_grad():  # undo the warm-up: the seed's init and a fresh optimizer
+        for p, p0 in zip(model.parameters(), initial, strict=True):
+            p.copy_(p0)
+        for state in opt.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
+    _sync(device)
+    startup = time.perf_counter() - startup
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    accuracies, seconds = [], []
+    for _ in range(epochs):
+        model.train()
+        _sync(device)
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=generator).to(device)
+        for i in range(full):
+            static_idx.copy_(perm[i * batch : (i + 1) * batch])
+            replay()
+        if rest:
+            opt.zero_grad(set_to_none=False)  # in place: the graph keeps its .grad tensors
+            step(perm[full * batch :])
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+        accuracies.append(evaluate(model, xt, yt))
+    return {
+        "test_accuracy": accuracies,
+        "epoch_seconds": seconds,
+        "startup_seconds": startup,
+        "model": model,
+    }
+
+
+def train_seed_loop(
+    name: str,
+    raw_root: str,
+    *,
+    epochs: int = 1,
+    device: str = "cuda",
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """The seeds' own loop on torchvision's FashionMNIST in ``raw_root``."""
     import torchvision
     from torchvision import transforms
 
     recipe = models.get_spec(name).recipe
+    startup = time.perf_counter()
     steps = []
     pad = models.get_spec(name).input_shape[0] - 28
     if pad:
@@ -121,11 +279,15 @@ def train_seed_loop(name: str, raw_root: str, *, epochs: int = 1, device: str = 
         steps.append(transforms.Normalize((recipe.normalize[0],), (recipe.normalize[1],)))
     transform = transforms.Compose(steps)
     dataset = torchvision.datasets.FashionMNIST(raw_root, train=True, transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True)
-    torch.manual_seed(0)
+    test_set = torchvision.datasets.FashionMNIST(raw_root, train=False, transform=transform)
+    batch = batch_size or recipe.batch_size
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=1000)
+    torch.manual_seed(seed)
     model = create_torch(name).to(device)
     opt = torch_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.momentum)
-    seconds = []
+    seconds, accuracies = [], []
+    startup = time.perf_counter() - startup
     for _ in range(epochs):
         model.train()
         start = time.perf_counter()
@@ -134,7 +296,27 @@ def train_seed_loop(name: str, raw_root: str, *, epochs: int = 1, device: str = 
             opt.zero_grad()
             torch_loss(model(inputs), target, recipe.loss).backward()
             opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         seconds.append(time.perf_counter() - start)
-    return {"epoch_seconds": seconds}
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                int((model(inputs.to(device)).argmax(1) == target.to(device)).sum())
+                for inputs, target in test_loader
+            )
+        accuracies.append(correct / len(test_set))
+    return {"test_accuracy": accuracies, "epoch_seconds": seconds, "startup_seconds": startup}
+
+
+def torchvision_root(data_dir: str | Path) -> str:
+    """A temporary root in torchvision's FashionMNIST layout (raw, uncompressed) from IDX files."""
+    root = Path(tempfile.mkdtemp())
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in Path(data_dir).iterdir():
+        if path.suffix == ".gz":
+            with gzip.open(path) as src, open(raw / path.stem, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        elif path.name.endswith("-ubyte"):
+            shutil.copy(path, raw / path.name)
+    return str(root)

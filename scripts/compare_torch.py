@@ -14,26 +14,12 @@ written after every run to OUT.json, so a cut-off run keeps what it finished.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import shutil
 import statistics
 import tempfile
 from pathlib import Path
 
 DEFAULT_MODELS = ["mnist_cnn", "basic_cnn", "inception", "resnet"]
-
-
-def torchvision_root(data_dir: Path) -> str:
-    """A temporary root in torchvision's FashionMNIST layout (raw, uncompressed)."""
-    root = Path(tempfile.mkdtemp())
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for path in data_dir.iterdir():
-        if path.suffix == ".gz":
-            with gzip.open(path) as src, open(raw / path.stem, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    return str(root)
 
 
 def main() -> None:
@@ -53,7 +39,7 @@ def main() -> None:
     import torch
 
     from jaxcnn import data, experiment, report, train
-    from parity.reference_train import train_resident, train_seed_loop
+    from parity.reference_train import torchvision_root, train_resident, train_seed_loop
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(args.out)

@@ -1,6 +1,7 @@
 """The roofline view of each model's training step: FLOPs, bytes, time, top ops.
 
 python scripts/profile_models.py [--models mnist_cnn resnet] [--steps 50] [--out results/profile]
+    [--fuse] [--conv xla|im2col] [--dtype bfloat16]
 
 For each model at its seed batch size: XLA's cost_analysis() of one step (FLOPs
 and bytes), the measured step time (median of 5 calls of a scanned run of
@@ -14,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from jaxcnn.cli import enable_compilation_cache, run_main
+from jaxcnn.cli import add_impl_flags, enable_compilation_cache, impl_overrides, run_main
 
 
 def main() -> None:
@@ -24,6 +25,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", default="results/profile")
+    add_impl_flags(parser)  # profile a speed option: --fuse, --conv, --dtype, --unroll
     args = parser.parse_args()
 
     enable_compilation_cache()
@@ -38,7 +40,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models:
-        config = train.get_config(name, "fashion_mnist")
+        config = train.get_config(name, "fashion_mnist", **impl_overrides(args))
         program, state = train.create_program(config)
         c = models.get_spec(name).input_shape[2]
         n = max(config.batch_size * args.steps, 1000)
@@ -54,6 +56,7 @@ def main() -> None:
         row = {
             "model": name,
             "batch_size": config.batch_size,
+            "options": {k: getattr(config, k) for k in ("fuse", "conv", "dtype", "unroll")},
             "step_ms": 1000 * step_s,
             "mflop_per_step": flops["flops"] / 1e6,
             "mb_per_step": flops["bytes"] / 1e6,

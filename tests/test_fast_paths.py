@@ -131,3 +131,17 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state():
         leaf.dtype == jnp.float32 for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)
     )
     assert np.isfinite(float(loss))
+
+
+def test_unrolled_epoch_matches_rolled():
+    """unroll=3 over 7 full batches (not a multiple) plus a partial one: same losses."""
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (7 * 8 + 5, 28, 28, 1), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, len(images)), dtype=jnp.int32)
+    losses = {}
+    for unroll in (1, 3):
+        config = train.get_config("basic_cnn", "mnist", batch_size=8, unroll=unroll)
+        program, state = train.create_program(config)
+        _, losses[unroll] = train.make_epoch_fn(program)(state, images, labels, 1)
+    assert losses[1].shape == (8,)
+    np.testing.assert_allclose(losses[3], losses[1], rtol=1e-6)

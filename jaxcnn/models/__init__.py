@@ -167,6 +167,18 @@ def create(
     return set_impl(model, fuse=fuse, conv=conv)
 
 
+def resolve_conv(conv: str) -> str:
+    """``"auto"`` -> the convolution algorithm measured fastest on this backend.
+
+    On CPU, ``im2col`` trained 3.5-5x faster than XLA's convolutions (jax 0.10,
+    2-core x86-64; README, "Speed"), whose weight gradients are slow there. On a
+    GPU, ``xla`` (cuDNN) stays the default until ``scripts/bench.py`` shows otherwise.
+    """
+    if conv != "auto":
+        return conv
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+
+
 def set_impl(model: nnx.Module, *, fuse: bool = False, conv: str = "xla") -> nnx.Module:
     """Choose how ``model`` computes, in place; what it computes stays the same.
 
@@ -198,5 +210,6 @@ __all__ = [
     "create",
     "get_spec",
     "param_count",
+    "resolve_conv",
     "set_impl",
 ]

@@ -1,0 +1,308 @@
+"""The three-way benchmark behind ``scripts/bench.py``: seeds' loop, best PyTorch, jaxcnn.
+
+Every arm trains the same model with the same recipe (optimizer, lr, loss,
+batch size) on the same Fashion-MNIST arrays for the same number of epochs and
+returns one row: seconds per epoch, start-up seconds and final test accuracy.
+The first epoch is a warm-up; the median, min and max of the others are the
+steady-state figures. Arms:
+
+=====================  ===========================================================
+``seed_loop``          the seeds' loop as written (torchvision dataset, DataLoader)
+``torch_eager``        data resident on the device, eager step per batch
+``torch_graph``        resident data, the whole step in one replayed CUDA graph
+``torch_compile``      as ``torch_graph``, with the model ``torch.compile``\\ d
+``jaxcnn``             ``train.py`` with its defaults
+``jaxcnn:<variant>``   ``train.py`` with speed options (``--fuse``, ``--conv``, ...)
+=====================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from jaxcnn import models
+
+TORCH_ARMS = ("seed_loop", "torch_eager", "torch_graph", "torch_compile")
+REFERENCE = "jaxcnn"  # ratios are to this arm
+# The issue's targets (H100, Fashion-MNIST epoch at the seeds' batch sizes).
+TARGETS = {"mnist_cnn": 0.09, "inception": 0.45, "resnet": 0.18}
+# jaxcnn speed variants: name -> train.get_config overrides.
+# Variants that repeat the defaults on this backend or model are skipped (is_redundant).
+DEFAULT_VARIANTS = {
+    "xla": {"conv": "xla"},
+    "im2col": {"conv": "im2col"},
+    "fused": {"fuse": True},
+    "fused+im2col": {"fuse": True, "conv": "im2col"},
+    "unroll4": {"unroll": 4},
+    "bf16": {"dtype": "bfloat16"},
+}
+
+
+@dataclasses.dataclass
+class Row:
+    """One (model, batch size, arm) measurement; ``status`` is ``ok`` or why not."""
+
+    model: str
+    batch_size: int
+    arm: str
+    status: str = "ok"
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)
+    startup_seconds: float | None = None
+    test_accuracy: float | None = None
+    options: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def steady(self) -> list[float]:
+        """Epoch times after the warm-up epoch (all of them if there is only one)."""
+        return self.epoch_seconds[1:] or self.epoch_seconds
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.steady) if self.steady else None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        steady = self.steady
+        out.update(
+            median_seconds=self.median,
+            min_seconds=min(steady) if steady else None,
+            max_seconds=max(steady) if steady else None,
+        )
+        return out
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"name:fuse=1,conv=im2col,unroll=4"`` -> ``("name", {...})`` of get_config overrides."""
+    from jaxcnn.errors import UserError
+
+    name, _, spec = text.partition(":")
+    options: dict = {}
+    for item in filter(None, spec.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--variant '{text}': expected key=value items, got '{item}'")
+        if key == "fuse":
+            options[key] = value.lower() in ("1", "true", "yes")
+        elif key == "unroll":
+            options[key] = int(value) if value.isdigit() else value
+        elif key in ("conv", "dtype"):
+            options[key] = value
+        else:
+            raise UserError(
+                f"--variant '{text}': unknown option '{key}' (fuse, conv, dtype, unroll)"
+            )
+    if not name or not options:
+        raise UserError(f"--variant '{text}': expected NAME:key=value[,key=value]")
+    return name, options
+
+
+def is_redundant(name: str, options: dict) -> bool:
+    """True when ``options`` compute exactly what ``train.py``'s defaults compute here.
+
+    E.g. ``fuse`` for a model without a fused form, or ``conv=im2col`` on a CPU
+    where ``auto`` already picks it: running them would only repeat a row.
+    """
+    from flax import nnx
+
+    defaults = {"fuse": False, "conv": models.resolve_conv("auto"), "dtype": "float32", "unroll": 1}
+    effective = {**defaults, **options}
+    effective["conv"] = models.resolve_conv(effective["conv"])
+    if effective["fuse"]:
+        abstract = nnx.eval_shape(lambda: models.create(name))
+        effective["fuse"] = any(hasattr(m, "fuse") for _, m in nnx.iter_graph(abstract))
+    return effective == defaults
+
+
+def run_jaxcnn(name: str, batch_size: int, epochs: int, data_dir: str, options: dict, **kw) -> Row:
+    """``train.py``'s trainer (``experiment.train_and_evaluate``) with ``options``."""
+    from jaxcnn import experiment, train
+
+    config = train.get_config(
+        name, "fashion_mnist", batch_size=batch_size, epochs=epochs, data_dir=data_dir, **kw,
+        **options,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as workdir:
+        summary = experiment.train_and_evaluate(config, workdir, progress=False)
+    return Row(
+        name,
+        batch_size,
+        "jaxcnn",
+        epoch_seconds=summary["epoch_seconds"],
+        startup_seconds=summary["compile_seconds"],
+        test_accuracy=summary["test_accuracy"],
+        options=options,
+    )
+
+
+def run_torch(arm: str, name: str, batch_size: int, epochs: int, arrays, raw_root, seed) -> Row:
+    """One PyTorch arm on the same arrays (or, for ``seed_loop``, the same files)."""
+    import torch
+
+    from parity import reference_train as ref
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = {"seed": seed, "epochs": epochs, "batch_size": batch_size}
+    if arm == "seed_loop":
+        result = ref.train_seed_loop(name, raw_root(), device=device, **kw)
+    elif arm == "torch_eager":
+        result = ref.train_resident(name, *arrays, device=device, **kw)
+    else:
+        result = ref.train_graphed(name, *arrays, compile_model=arm == "torch_compile", **kw)
+    return Row(
+        name,
+        batch_size,
+        arm,
+        epoch_seconds=result["epoch_seconds"],
+        startup_seconds=result["startup_seconds"],
+        test_accuracy=result["test_accuracy"][-1],
+    )
+
+
+def skip_reason(arm: str) -> str | None:
+    """Why ``arm`` cannot run on this machine, or None."""
+    if arm not in TORCH_ARMS:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return "skipped: torch is not installed"
+    if arm in ("torch_graph", "torch_compile") and not torch.cuda.is_available():
+        return "skipped: CUDA graphs need a CUDA GPU"
+    if arm == "seed_loop":
+        try:
+            import torchvision  # noqa: F401
+        except Exception as err:  # a torchvision built for another torch fails oddly
+            return f"skipped: torchvision does not import ({type(err).__name__})"
+    return None
+
+
+def failed(model: str, batch_size: int, arm: str, err: BaseException) -> Row:
+    """A row that records an arm's failure in one line (the traceback goes to stderr)."""
+    traceback.print_exc()
+    return Row(model, batch_size, arm, status=f"failed: {type(err).__name__}: {err}"[:300])
+
+
+def with_ratios(rows: list[Row]) -> list[dict]:
+    """Rows as JSON, each with ``ratio_to_jaxcnn`` (its median over jaxcnn's, same model/batch)."""
+    ref = {(r.model, r.batch_size): r.median for r in rows if r.arm == REFERENCE and r.median}
+    out = []
+    for row in rows:
+        item = row.to_json()
+        base = ref.get((row.model, row.batch_size))
+        item["ratio_to_jaxcnn"] = row.median / base if row.median and base else None
+        out.append(item)
+    return out
+
+
+def markdown(rows: list[Row], env: dict, note: str = "") -> str:
+    """The results table, and the targets of the issue checked against the fastest jaxcnn."""
+    header = (
+        f"Fashion-MNIST, {env.get('device')}"
+        + (f" (driver {env['driver']})" if "driver" in env else f" ({env.get('host')})")
+        + ", "
+        f"jax {env.get('jax')}, flax {env.get('flax')}, optax {env.get('optax')}, "
+        f"torch {env.get('torch', '-')}, Python {env.get('python')}. {note}".rstrip()
+    )
+    lines = [
+        header,
+        "",
+        "| model | batch | arm | s/epoch median | min-max | start-up s | test acc % | x jaxcnn |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for item in with_ratios(rows):
+        if item["status"] != "ok":
+            lines.append(
+                f"| `{item['model']}` | {item['batch_size']} | {item['arm']} | {item['status']} "
+                "| | | | |"
+            )
+            continue
+        ratio = f"{item['ratio_to_jaxcnn']:.2f}" if item["ratio_to_jaxcnn"] else "-"
+        startup = item["startup_seconds"]
+        lines.append(
+            f"| `{item['model']}` | {item['batch_size']} | {item['arm']} "
+            f"| {item['median_seconds']:.3f} | {item['min_seconds']:.3f}-{item['max_seconds']:.3f} "
+            f"| {'-' if startup is None else f'{startup:.1f}'} "
+            f"| {100 * item['test_accuracy']:.2f} | {ratio} |"
+        )
+    lines += ["", *target_lines(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def target_lines(rows: list[Row]) -> list[str]:
+    """Each target model at its seed batch size: fastest float32 jaxcnn vs target and torch."""
+    out = []
+    for name, target in TARGETS.items():
+        batch = models.get_spec(name).recipe.batch_size
+        mine = [
+            r
+            for r in rows
+            if r.model == name and r.batch_size == batch and r.arm.startswith("jaxcnn")
+            and r.median and r.options.get("dtype", "float32") == "float32"
+        ]  # fmt: skip
+        if not mine:
+            continue
+        best = min(mine, key=lambda r: r.median)
+        label = best.arm if best.arm != "jaxcnn" else "jaxcnn (defaults)"
+        parts = [
+            f"`{name}` (batch {batch}): {label} {best.median:.3f} s/epoch, target <= {target} s: "
+            f"{'met' if best.median <= target else 'NOT met'}"
+        ]
+        for arm, factor in (("torch_graph", 2), ("seed_loop", 50)):
+            other = next(
+                (r for r in rows if (r.model, r.batch_size, r.arm) == (name, batch, arm)), None
+            )
+            if other is not None and other.median:
+                speedup = other.median / best.median
+                verdict = "met" if speedup >= factor else "NOT met"
+                parts.append(f"{speedup:.1f}x faster than {arm} ({verdict}, target >= {factor}x)")
+        out.append("- " + "; ".join(parts))
+    return out
+
+
+def plot(rows: list[Row], path: Path) -> bool:
+    """Grouped bars of median s/epoch (log scale), one panel per batch-size kind."""
+    from jaxcnn import report
+
+    plt = report.pyplot()
+    ok = [r for r in rows if r.median]
+    if plt is None or not ok:
+        return False
+    seed_sizes = {r.model: models.get_spec(r.model).recipe.batch_size for r in ok}
+    panels = {
+        "seed batch sizes": [r for r in ok if r.batch_size == seed_sizes[r.model]],
+        "large batch": [r for r in ok if r.batch_size != seed_sizes[r.model]],
+    }
+    panels = {k: v for k, v in panels.items() if v}
+    arms = list(dict.fromkeys(r.arm for r in ok))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (title, panel) in zip(axes[0], panels.items(), strict=True):
+        names = list(dict.fromkeys(r.model for r in panel))
+        width = 0.8 / len(arms)
+        for i, arm in enumerate(arms):
+            values = {r.model: r.median for r in panel if r.arm == arm}
+            xs = [j + i * width for j, n in enumerate(names) if n in values]
+            ax.bar(xs, [values[n] for n in names if n in values], width, label=arm)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
+        ax.set_xticklabels(
+            [f"{n}\n(batch {next(r.batch_size for r in panel if r.model == n)})" for n in names]
+        )
+        ax.set_yscale("log")
+        ax.set_ylabel("seconds per epoch (median)")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def arrays(tr, te, train_limit: int | None):
+    """The (train images, train labels, test images, test labels) every torch arm gets."""
+    return (tr.images[:train_limit], np.asarray(tr.labels[:train_limit]), te.images, te.labels)

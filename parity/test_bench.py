@@ -1,0 +1,147 @@
+"""scripts/bench.py and parity/bench.py: rows, ratios, targets, files, continuation.
+
+The GPU numbers themselves come from running the script on a GPU; here it runs
+on whatever machine the tests run on, on a few hundred synthetic images, and
+what it cannot run here (CUDA graphs without a GPU, the seeds' loop without
+torchvision) must be listed as skipped rather than crash the run.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jaxcnn import UserError, models
+from parity import bench
+from tests.helpers import make_idx_dir, run_script
+
+
+def test_bench_script_end_to_end(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    make_idx_dir(data_dir, n=200)
+    out = tmp_path / "bench"
+    # the algorithm train.py does not pick by default here, so the variant is a new row
+    other = "xla" if models.resolve_conv("auto") == "im2col" else "im2col"
+    args = [
+        "--data-dir", str(data_dir), "--models", "mnist_cnn", "--batch-sizes", "seed", "64",
+        "--epochs", "2", "--arms", "torch_eager", "torch_graph", "jaxcnn", "--no-variants",
+        "--variant", f"{other}:conv={other}", "--out", str(out),
+    ]  # fmt: skip
+    result = run_script("bench.py", *args, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    by_key = {(r["batch_size"], r["arm"]): r for r in rows}
+    assert set(by_key) == {
+        (b, a)
+        for b in (100, 64)
+        for a in ("torch_eager", "torch_graph", "jaxcnn", f"jaxcnn:{other}")
+    }
+    for batch in (100, 64):
+        plain, variant = by_key[(batch, "jaxcnn")], by_key[(batch, f"jaxcnn:{other}")]
+        assert plain["status"] == "ok" and len(plain["epoch_seconds"]) == 2
+        assert plain["ratio_to_jaxcnn"] == pytest.approx(1.0)
+        assert variant["options"] == {"conv": other}
+        # the same math by another algorithm: the same model comes out
+        assert abs(variant["test_accuracy"] - plain["test_accuracy"]) <= 0.01
+        assert by_key[(batch, "torch_eager")]["status"] == "ok"
+        graph = by_key[(batch, "torch_graph")]["status"]
+        assert graph == "ok" if torch.cuda.is_available() else graph.startswith("skipped: CUDA")
+    table = out.with_suffix(".md").read_text()
+    assert "| `mnist_cnn` | 100 | jaxcnn | " in table
+    assert "target <= 0.09 s" in table
+    assert out.with_suffix(".png").stat().st_size > 0
+
+    # --keep continues: rows already there are not run again
+    again = run_script("bench.py", *args, "--keep", timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows_again = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert rows_again == rows
+    # without --keep, finished results are never overwritten
+    clash = run_script("bench.py", *args)
+    assert clash.returncode == 2
+    assert "--keep" in clash.stderr and "Traceback" not in clash.stderr
+
+
+def test_parse_variant():
+    assert bench.parse_variant("fast:fuse=1,conv=im2col,unroll=4") == (
+        "fast",
+        {"fuse": True, "conv": "im2col", "unroll": 4},
+    )
+    for bad in ["fast", "fast:", "fast:speed=11", "fast:fuse"]:
+        with pytest.raises(UserError, match="--variant"):
+            bench.parse_variant(bad)
+
+
+def test_variants_that_repeat_the_defaults_are_skipped():
+    assert not bench.is_redundant("inception", {"fuse": True})
+    assert bench.is_redundant("mnist_cnn", {"fuse": True})  # nothing to fuse
+    assert not bench.is_redundant("mnist_cnn", {"dtype": "bfloat16"})
+    assert not bench.is_redundant("mnist_cnn", {"unroll": 4})
+    auto = models.resolve_conv("auto")
+    other = "xla" if auto == "im2col" else "im2col"
+    assert bench.is_redundant("resnet", {"conv": auto})
+    assert not bench.is_redundant("resnet", {"conv": other})
+
+
+def row(arm, median, batch=100, model="mnist_cnn", **options):
+    # a warm-up epoch of 9 s that the statistics must ignore
+    return bench.Row(model, batch, arm, epoch_seconds=[9.0, median], options=options)
+
+
+def test_ratios_and_targets():
+    rows = [
+        row("jaxcnn", 0.2),
+        row("jaxcnn:fast", 0.08),
+        row("jaxcnn:bf16", 0.01, dtype="bfloat16"),  # never counts towards float32 targets
+        row("torch_graph", 0.2),
+        row("seed_loop", 6.0),
+        bench.Row("mnist_cnn", 100, "torch_compile", status="skipped: CUDA graphs need a GPU"),
+    ]
+    ratios = {r["arm"]: r["ratio_to_jaxcnn"] for r in bench.with_ratios(rows)}
+    assert ratios["jaxcnn"] == pytest.approx(1.0)
+    assert ratios["torch_graph"] == pytest.approx(1.0)
+    assert ratios["seed_loop"] == pytest.approx(30.0)
+    assert ratios["torch_compile"] is None
+    (line,) = bench.target_lines(rows)
+    assert "jaxcnn:fast 0.080 s/epoch, target <= 0.09 s: met" in line
+    assert "2.5x faster than torch_graph (met" in line
+    assert "75.0x faster than seed_loop (met" in line
+    (slow,) = bench.target_lines([row("jaxcnn", 0.2), row("seed_loop", 6.0)])
+    assert "target <= 0.09 s: NOT met" in slow and "30.0x faster than seed_loop (NOT met" in slow
+
+
+@pytest.mark.parametrize("name", ["basic_cnn", "mnist_cnn"])  # SGD-momentum and Adam
+def test_graphed_arm_trains_like_the_resident_loop(name):
+    """The graph arm's plumbing, run eagerly (capture=False) so it runs without a GPU.
+
+    Its warm-up steps must be undone (the seed's init, a fresh optimizer state),
+    and the static index buffer must feed each step its batch of the same
+    permutation: then it ends with the resident loop's parameters.
+    """
+    from parity.reference_train import train_graphed, train_resident
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3 * 32 + 10, 28, 28, 1), dtype=np.uint8)  # partial batch
+    labels = rng.integers(0, 10, len(images))
+    data = (images, labels, images[:50], labels[:50])
+    kw = {"seed": 4, "epochs": 2, "batch_size": 32, "device": "cpu"}
+    eager = train_resident(name, *data, **kw)["model"].state_dict()
+    graphed = train_graphed(name, *data, capture=False, **kw)["model"].state_dict()
+    assert eager.keys() == graphed.keys()
+    for key, want in eager.items():
+        np.testing.assert_allclose(graphed[key].numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    no_undo = train_graphed(name, *data, capture=False, warmup_steps=0, **kw)["model"]
+    assert all(torch.equal(no_undo.state_dict()[k], graphed[k]) for k in eager)
+
+
+def test_graphed_arm_without_a_gpu_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from parity.reference_train import train_graphed
+
+    images = np.zeros((8, 28, 28, 1), np.uint8)
+    labels = np.zeros(8, np.int64)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        train_graphed("basic_cnn", images, labels, images, labels)
