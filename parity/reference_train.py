@@ -53,6 +53,16 @@ def preprocess_torch(images: np.ndarray, name: str, device) -> torch.Tensor:
     return x.contiguous()
 
 
+def resident_data(name, train_images, train_labels, test_images, test_labels, device):
+    """(x, y, x_test, y_test) on ``device``: the seed's preprocessing, int64 labels."""
+    return (
+        preprocess_torch(train_images, name, device),
+        torch.from_numpy(np.asarray(train_labels).astype(np.int64)).to(device),
+        preprocess_torch(test_images, name, device),
+        torch.from_numpy(np.asarray(test_labels).astype(np.int64)).to(device),
+    )
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     model.eval()
@@ -90,18 +100,12 @@ def train_resident(
     torch.manual_seed(seed)
     model = create_torch(name).to(device)
     opt = torch_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.momentum)
-    x = preprocess_torch(train_images, name, device)
-    y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
-    xt = preprocess_torch(test_images, name, device)
-    yt = torch.from_numpy(test_labels.astype(np.int64)).to(device)
+    x, y, xt, yt = resident_data(name, train_images, train_labels, test_images, test_labels, device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    accuracies, seconds = [], []
     _sync(device)
     startup = time.perf_counter() - startup
-    for epoch in range(1, epochs + 1):
-        model.train()
-        _sync(device)
-        start = time.perf_counter()
+
+    def run_epoch(epoch):
         perm = (
             torch.from_numpy(np.asarray(order(epoch, len(x)))).to(device)
             if order is not None
@@ -112,9 +116,24 @@ def train_resident(
             opt.zero_grad()
             torch_loss(model(x[idx]), y[idx], recipe.loss).backward()
             opt.step()
+
+    return timed_epochs(model, epochs, device, startup, run_epoch, lambda: evaluate(model, xt, yt))
+
+
+def timed_epochs(model, epochs: int, device, startup: float, run_epoch, test) -> dict:
+    """``run_epoch(epoch)`` for epochs 1..N, each timed to completion, ``test()`` after each.
+
+    Returns the dict every form returns (see the module docstring), plus the model.
+    """
+    accuracies, seconds = [], []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        _sync(device)
+        start = time.perf_counter()
+        run_epoch(epoch)
         _sync(device)
         seconds.append(time.perf_counter() - start)
-        accuracies.append(evaluate(model, xt, yt))
+        accuracies.append(test())
     return {
         "test_accuracy": accuracies,
         "epoch_seconds": seconds,
@@ -166,11 +185,27 @@ def train_graphed(
     """
     if capture and not torch.cuda.is_available():
         raise RuntimeError("the CUDA-graphed PyTorch step needs a CUDA GPU")
+    benchmark, precision = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+    try:  # process-wide settings: the arms run after this one must not inherit them
+        return _train_graphed(
+            name, train_images, train_labels, test_images, test_labels, seed=seed,
+            epochs=epochs, batch_size=batch_size, compile_model=compile_model,
+            warmup_steps=warmup_steps, capture=capture, device=device,
+        )  # fmt: skip
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_float32_matmul_precision(precision)
+
+
+def _train_graphed(
+    name, train_images, train_labels, test_images, test_labels, *, seed, epochs, batch_size,
+    compile_model, warmup_steps, capture, device,
+) -> dict:  # fmt: skip
     recipe = models.get_spec(name).recipe
     epochs = epochs or recipe.epochs
     batch = batch_size or recipe.batch_size
-    torch.backends.cudnn.benchmark = True
-    torch.set_float32_matmul_precision("high")
     startup = time.perf_counter()
     torch.manual_seed(seed)
     model = create_torch(name).to(device)
@@ -179,10 +214,7 @@ def train_graphed(
     else:
         opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, capturable=capture)
     forward = torch.compile(model) if compile_model else model
-    x = preprocess_torch(train_images, name, device)
-    y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
-    xt = preprocess_torch(test_images, name, device)
-    yt = torch.from_numpy(test_labels.astype(np.int64)).to(device)
+    x, y, xt, yt = resident_data(name, train_images, train_labels, test_images, test_labels, device)
     initial = [p.detach().clone() for p in model.parameters()]
     n = len(x)
     full, rest = divmod(n, batch)
@@ -232,11 +264,8 @@ def train_graphed(
     startup = time.perf_counter() - startup
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    accuracies, seconds = [], []
-    for _ in range(epochs):
-        model.train()
-        _sync(device)
-        start = time.perf_counter()
+
+    def run_epoch(_):
         perm = torch.randperm(n, generator=generator).to(device)
         for i in range(full):
             static_idx.copy_(perm[i * batch : (i + 1) * batch])
@@ -244,15 +273,8 @@ def train_graphed(
         if rest:
             opt.zero_grad(set_to_none=False)  # in place: the graph keeps its .grad tensors
             step(perm[full * batch :])
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-        accuracies.append(evaluate(model, xt, yt))
-    return {
-        "test_accuracy": accuracies,
-        "epoch_seconds": seconds,
-        "startup_seconds": startup,
-        "model": model,
-    }
+
+    return timed_epochs(model, epochs, device, startup, run_epoch, lambda: evaluate(model, xt, yt))
 
 
 def train_seed_loop(
@@ -286,26 +308,25 @@ def train_seed_loop(
     torch.manual_seed(seed)
     model = create_torch(name).to(device)
     opt = torch_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.momentum)
-    seconds, accuracies = [], []
     startup = time.perf_counter() - startup
-    for _ in range(epochs):
-        model.train()
-        start = time.perf_counter()
+
+    def run_epoch(_):
         for inputs, target in loader:
             inputs, target = inputs.to(device), target.to(device)
             opt.zero_grad()
             torch_loss(model(inputs), target, recipe.loss).backward()
             opt.step()
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
+
+    @torch.no_grad()
+    def test():
         model.eval()
-        with torch.no_grad():
-            correct = sum(
-                int((model(inputs.to(device)).argmax(1) == target.to(device)).sum())
-                for inputs, target in test_loader
-            )
-        accuracies.append(correct / len(test_set))
-    return {"test_accuracy": accuracies, "epoch_seconds": seconds, "startup_seconds": startup}
+        correct = sum(
+            int((model(inputs.to(device)).argmax(1) == target.to(device)).sum())
+            for inputs, target in test_loader
+        )
+        return correct / len(test_set)
+
+    return timed_epochs(model, epochs, device, startup, run_epoch, test)
 
 
 def torchvision_root(data_dir: str | Path) -> str:

@@ -118,11 +118,11 @@ def main() -> None:
             for arm in args.arms:
                 jobs.append((name, value, arm, {}))
                 if arm == "jaxcnn":
-                    jobs += [
-                        (name, value, f"jaxcnn:{v}", options)
-                        for v, options in variants.items()
-                        if not bench.is_redundant(name, options)
-                    ]
+                    kept: list[dict] = []
+                    for v, options in variants.items():
+                        if not bench.is_redundant(name, options, kept):
+                            kept.append(options)
+                            jobs.append((name, value, f"jaxcnn:{v}", options))
     for name, batch, arm, options in jobs:
         if (name, batch, arm) in done:
             continue
