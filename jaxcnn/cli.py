@@ -55,7 +55,10 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def add_impl_flags(parser: argparse.ArgumentParser) -> None:
-    """How the trainer computes (same math, different kernels): see README, "Speed"."""
+    """How the trainer computes (same math, different kernels): see README, "Speed options"."""
+    from jaxcnn.models import CONV_IMPLS
+    from jaxcnn.train import DTYPES
+
     parser.add_argument(
         "--fuse",
         action="store_true",
@@ -63,12 +66,12 @@ def add_impl_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--conv",
-        choices=["auto", "xla", "im2col"],
+        choices=["auto", *CONV_IMPLS],
         help="convolution algorithm (default auto: im2col on CPU, xla on GPU)",
     )
     parser.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16"],
+        choices=DTYPES,
         help="compute dtype; parameters stay float32 (default: float32)",
     )
     parser.add_argument("--unroll", type=int, help="training steps per scan-loop iteration")

@@ -90,7 +90,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
         if key == "fuse":
             options[key] = value.lower() in ("1", "true", "yes")
         elif key == "unroll":
-            options[key] = int(value) if value.isdigit() else value
+            if not value.isdigit():
+                raise UserError(f"--variant '{text}': unroll takes a positive integer")
+            options[key] = int(value)
         elif key in ("conv", "dtype"):
             options[key] = value
         else:
@@ -103,12 +105,15 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def effective(name: str, options: dict) -> dict:
-    """What ``options`` amount to for model ``name`` on this backend (``auto`` resolved,
-    ``fuse`` dropped where the model has no fused form)."""
+    """What ``options`` amount to for model ``name`` on this backend: the speed fields of
+    ``train.get_config`` (which checks them and resolves ``auto``), with ``fuse`` dropped
+    where the model has no fused form."""
     from flax import nnx
 
-    out = {"fuse": False, "conv": "auto", "dtype": "float32", "unroll": 1, **options}
-    out["conv"] = models.resolve_conv(out["conv"])
+    from jaxcnn import train
+
+    config = train.get_config(name, "fashion_mnist", **options)
+    out = {k: getattr(config, k) for k in train.IMPL_FIELDS}
     if out["fuse"]:
         abstract = nnx.eval_shape(lambda: models.create(name))
         out["fuse"] = any(hasattr(m, "fuse") for _, m in nnx.iter_graph(abstract))

@@ -65,11 +65,14 @@ def torch_loss(outputs: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.
     return F.nll_loss(outputs, labels)
 
 
-def torch_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
-    """The seeds' ``torch.optim`` calls."""
+def torch_optimizer(
+    name: str, params, lr: float, momentum: float, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """The seeds' ``torch.optim`` calls; ``capturable`` keeps Adam's step count on the
+    GPU so a CUDA graph can capture its update (SGD needs nothing for that)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    return torch.optim.Adam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, capturable=capturable)
 
 
 def jax_grads(model, x: np.ndarray, y: np.ndarray, kind: str) -> tuple[float, dict]:

@@ -20,6 +20,7 @@ Each returns ``{"test_accuracy": [per epoch], "epoch_seconds": [per epoch],
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import shutil
 import tempfile
@@ -147,6 +148,21 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+@contextlib.contextmanager
+def _tuned_for_speed():
+    """cuDNN autotuning and TF32 matmuls, then the caller's settings back: they are
+    process-wide, and the arms run after the graphed one must not inherit them."""
+    benchmark, precision = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_float32_matmul_precision(precision)
+
+
+@_tuned_for_speed()
 def train_graphed(
     name: str,
     train_images: np.ndarray,
@@ -185,34 +201,13 @@ def train_graphed(
     """
     if capture and not torch.cuda.is_available():
         raise RuntimeError("the CUDA-graphed PyTorch step needs a CUDA GPU")
-    benchmark, precision = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
-    torch.backends.cudnn.benchmark = True
-    torch.set_float32_matmul_precision("high")
-    try:  # process-wide settings: the arms run after this one must not inherit them
-        return _train_graphed(
-            name, train_images, train_labels, test_images, test_labels, seed=seed,
-            epochs=epochs, batch_size=batch_size, compile_model=compile_model,
-            warmup_steps=warmup_steps, capture=capture, device=device,
-        )  # fmt: skip
-    finally:
-        torch.backends.cudnn.benchmark = benchmark
-        torch.set_float32_matmul_precision(precision)
-
-
-def _train_graphed(
-    name, train_images, train_labels, test_images, test_labels, *, seed, epochs, batch_size,
-    compile_model, warmup_steps, capture, device,
-) -> dict:  # fmt: skip
     recipe = models.get_spec(name).recipe
     epochs = epochs or recipe.epochs
     batch = batch_size or recipe.batch_size
     startup = time.perf_counter()
     torch.manual_seed(seed)
     model = create_torch(name).to(device)
-    if recipe.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, capturable=capture)
+    opt = torch_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.momentum, capture)
     forward = torch.compile(model) if compile_model else model
     x, y, xt, yt = resident_data(name, train_images, train_labels, test_images, test_labels, device)
     initial = [p.detach().clone() for p in model.parameters()]

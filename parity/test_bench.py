@@ -69,7 +69,7 @@ def test_parse_variant():
         "fast",
         {"fuse": True, "conv": "im2col", "unroll": 4},
     )
-    for bad in ["fast", "fast:", "fast:speed=11", "fast:fuse"]:
+    for bad in ["fast", "fast:", "fast:speed=11", "fast:fuse", "fast:unroll=x"]:
         with pytest.raises(UserError, match="--variant"):
             bench.parse_variant(bad)
 

@@ -56,7 +56,7 @@ def main() -> None:
         row = {
             "model": name,
             "batch_size": config.batch_size,
-            "options": {k: getattr(config, k) for k in ("fuse", "conv", "dtype", "unroll")},
+            "options": {k: getattr(config, k) for k in train.IMPL_FIELDS},
             "step_ms": 1000 * step_s,
             "mflop_per_step": flops["flops"] / 1e6,
             "mb_per_step": flops["bytes"] / 1e6,

@@ -168,15 +168,21 @@ def create(
 
 
 def resolve_conv(conv: str) -> str:
-    """``"auto"`` -> the convolution algorithm measured fastest on this backend.
+    """A checked convolution algorithm; ``"auto"`` -> the one measured fastest here.
 
-    On CPU, ``im2col`` trained 3.5-5x faster than XLA's convolutions (jax 0.10,
-    2-core x86-64; README, "Speed"), whose weight gradients are slow there. On a
-    GPU, ``xla`` (cuDNN) stays the default until ``scripts/bench.py`` shows otherwise.
+    On CPU, ``im2col`` trained 4-11x faster than XLA's convolutions (jax 0.10,
+    2-core x86-64; README, "Speed options"), whose weight gradients are slow
+    there. On a GPU, ``xla`` (cuDNN) stays the default until ``scripts/bench.py``
+    shows otherwise.
+
+    Raises:
+        UserError: for a name that is neither ``"auto"`` nor one of ``CONV_IMPLS``.
     """
-    if conv != "auto":
-        return conv
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    if conv == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "xla"
+    if conv not in CONV_IMPLS:
+        raise UserError(f"unknown conv algorithm '{conv}'; choose one of: {', '.join(CONV_IMPLS)}")
+    return conv
 
 
 def set_impl(model: nnx.Module, *, fuse: bool = False, conv: str = "xla") -> nnx.Module:
@@ -185,15 +191,13 @@ def set_impl(model: nnx.Module, *, fuse: bool = False, conv: str = "xla") -> nnx
     Args:
         fuse: every submodule with a ``fuse`` attribute (``InceptionA``) uses its
             algebraically identical fused form.
-        conv: every ``Conv2d`` uses this algorithm, one of ``CONV_IMPLS``.
+        conv: every ``Conv2d`` uses this algorithm, one of ``CONV_IMPLS`` or ``"auto"``.
 
     These are static attributes (part of the graph, not the state), so they
     pick which computation is traced; the parameter tree, and thus checkpoints
     and the torch converter, are the same either way.
     """
-    if conv not in CONV_IMPLS:
-        raise UserError(f"unknown conv algorithm '{conv}'; choose one of: {', '.join(CONV_IMPLS)}")
-    model.set_attributes(fuse=fuse, conv_impl=conv, raise_if_not_found=False)
+    model.set_attributes(fuse=fuse, conv_impl=resolve_conv(conv), raise_if_not_found=False)
     return model
 
 
