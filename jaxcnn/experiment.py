@@ -57,6 +57,11 @@ def load_data(config: train.Config, input_shape) -> tuple[data.Split, data.Split
     return train_split, test_split
 
 
+def _processes() -> str:
+    count = jax.process_count()
+    return f" in {count} processes" if count > 1 else ""
+
+
 def _check_workdir(workdir: Path, config: train.Config, resume: bool, ckpts: Checkpoints):
     saved = workdir / "config.json"
     if ckpts.latest_epoch() is not None and not resume:
@@ -102,9 +107,14 @@ def train_and_evaluate(
         The summary (also written to ``workdir/summary.json``).
     """
     workdir = Path(workdir).absolute()
-    program, state = train.create_program(config, init_model)
-    # Data first: a run that cannot start leaves no half-made workdir behind.
-    train_split, test_split = load_data(config, program.input_shape)
+    # In a multi-process run every process computes; process 0 alone writes and talks.
+    primary = parallel.is_primary()
+    log = report.log if primary else (lambda message: None)
+    progress = progress and primary
+    with parallel.all_or_none():
+        program, state = train.create_program(config, init_model)
+        # Data first: a run that cannot start leaves no half-made workdir behind.
+        train_split, test_split = load_data(config, program.input_shape)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpts = Checkpoints(workdir)
     _check_workdir(workdir, config, resume, ckpts)
@@ -112,8 +122,9 @@ def train_and_evaluate(
     if resume and ckpts.latest_epoch() is not None:
         start_epoch = ckpts.latest_epoch()
         state = ckpts.restore(state)
-        report.log(f"resuming {config.model} from epoch {start_epoch} in {workdir}")
-    report.write_json(workdir / "config.json", dataclasses.asdict(config))
+        log(f"resuming {config.model} from epoch {start_epoch} in {workdir}")
+    if primary:
+        report.write_json(workdir / "config.json", dataclasses.asdict(config))
     metrics_path = workdir / "metrics.jsonl"
     rows = report.read_metrics(metrics_path, upto_epoch=start_epoch)
 
@@ -132,10 +143,11 @@ def train_and_evaluate(
     if hlo_dir is not None:
         profiling.dump_hlo(epoch_fn, Path(hlo_dir) / f"{config.model}_epoch.hlo.txt")
         profiling.dump_hlo(eval_fn, Path(hlo_dir) / f"{config.model}_eval.hlo.txt")
-    report.log(
+    log(
         f"{config.model} on {config.dataset} ({train_split.source}): {len(labels)} train / "
         f"{len(test_labels)} test images, {config.optimizer} lr {config.lr}, batch "
-        f"{config.batch_size}, {config.epochs} epochs, {config.devices} device(s); "
+        f"{config.batch_size}, {config.epochs} epochs, {config.devices} device(s)"
+        f"{_processes()}; "
         f"compiled in {compile_s + eval_compile_s:.1f}s"
     )
 
@@ -168,7 +180,8 @@ def train_and_evaluate(
         }
         ckpts.save(epoch, state)
         rows.append(row)
-        report.write_metrics(metrics_path, rows)
+        if primary:
+            report.write_metrics(metrics_path, rows)
         line = (
             f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, test accuracy "
             f"{100 * accuracy:.2f}%, {seconds:.2f}s ({row['images_per_second']:,.0f} img/s)"
@@ -182,13 +195,13 @@ def train_and_evaluate(
             bar.update(1)
             bar.write(line)
         else:
-            report.log(line)
+            log(line)
     if bar is not None:
         bar.close()
     ckpts.close()
     if profile_dir is not None:
         trace_dir = profiling.profile_steps(program, state, images, labels, profile_dir)
-        report.log(f"profile of 10 steady-state steps in {trace_dir} (Perfetto/TensorBoard)")
+        log(f"profile of 10 steady-state steps in {trace_dir} (Perfetto/TensorBoard)")
 
     summary = {
         "model": config.model,
@@ -199,18 +212,21 @@ def train_and_evaluate(
         "epoch_seconds": [r["seconds"] for r in rows],
         "compile_seconds": compile_s,
         "eval_compile_seconds": eval_compile_s,
+        "processes": jax.process_count(),
         "config": dataclasses.asdict(config),
         **report.environment(),
     }
-    report.write_json(workdir / "summary.json", summary)
-    title = f"{config.model} on {config.dataset}"
-    report.plot_curves(workdir / "curves.png", rows, title)
     n = min(10, len(test_labels))
-    report.plot_predictions(
-        workdir / "predictions.png",
-        test_split.images[:n],
-        test_split.labels[:n],
-        train.predict(program, state.params, test_split.images[:n]),
-        title,
-    )
+    predicted = train.predict(program, state.params, test_split.images[:n])  # a collective
+    if primary:
+        report.write_json(workdir / "summary.json", summary)
+        title = f"{config.model} on {config.dataset}"
+        report.plot_curves(workdir / "curves.png", rows, title)
+        report.plot_predictions(
+            workdir / "predictions.png",
+            test_split.images[:n],
+            test_split.labels[:n],
+            predicted,
+            title,
+        )
     return summary

@@ -8,7 +8,11 @@ every device (MNIST-sized splits are ~50 MB as uint8).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcnn.errors import UserError
@@ -16,9 +20,77 @@ from jaxcnn.errors import UserError
 BATCH_AXIS = "batch"
 
 
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Join a multi-process run with ``jax.distributed.initialize`` (before any JAX work).
+
+    Unset arguments come from the cluster (SLURM, Open MPI, Kubernetes, TPU pods)
+    or, for the coordinator, from ``$JAX_COORDINATOR_ADDRESS``. CPU processes
+    exchange gradients through gloo; GPUs use NCCL whatever this setting says.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    except (ValueError, TypeError) as err:
+        raise UserError(
+            f"--distributed: {str(err).strip().rstrip('.')}; give --coordinator HOST:PORT, "
+            "--num-processes and --process-id, or launch under SLURM/Open MPI"
+        ) from None
+    except RuntimeError as err:  # e.g. the coordinator never answered
+        first = str(err).strip().splitlines()[0][:300]
+        raise UserError(f"--distributed: could not join the run ({first})") from None
+
+
+def is_primary() -> bool:
+    """Process 0 of a multi-process run (always true otherwise): the one that writes files."""
+    return jax.process_index() == 0
+
+
+@contextlib.contextmanager
+def all_or_none() -> Iterator[None]:
+    """A user error inside this block, on any process, stops every process cleanly.
+
+    Without it, a process that fails to start (a missing --data-dir on one host)
+    exits while the others wait in their first collective until JAX's heartbeat
+    gives up and aborts them with a C++ stack trace. Every process must pass
+    through the same blocks in the same order: each ends with one all-gather of a
+    failed flag.
+    """
+    if jax.process_count() == 1:
+        yield
+        return
+    error = None
+    try:
+        yield
+    except UserError as err:
+        error = err
+    from jax.experimental import multihost_utils
+
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+    if error is not None:
+        raise error
+    if failed.any():
+        which = ", ".join(str(i) for i in np.flatnonzero(failed))
+        raise UserError(f"process {which} of the run failed to start (see its output); stopped")
+
+
 def parse_devices(value: str | int | None) -> int:
-    """``'all'`` or a positive count, checked against the devices JAX sees."""
+    """``'all'`` or a positive count, checked against the devices JAX sees.
+
+    With several processes every device must take part (a process left out of
+    the mesh would have nothing to run), so the default is then all of them.
+    """
     available = jax.device_count()
+    if jax.process_count() > 1:
+        if value in (None, "", "all", available, str(available)):
+            return available
+        raise UserError(
+            f"--devices {value}: a run over {jax.process_count()} processes trains on all "
+            f"{available} of their devices; use --devices all"
+        )
     if value in (None, "", 1, "1"):
         return 1
     if value == "all":

@@ -12,6 +12,7 @@ from jaxcnn.cli import (
     impl_overrides,
     run_main,
 )
+from jaxcnn.errors import UserError
 
 
 def main() -> None:
@@ -36,40 +37,47 @@ def main() -> None:
     add_impl_flags(parser)
     parser.add_argument("--devices", help="data-parallel over 'all' or N local devices")
     parser.add_argument(
-        "--distributed", action="store_true", help="call jax.distributed.initialize() first"
+        "--distributed",
+        action="store_true",
+        help="one process of a multi-process run (jax.distributed); see README",
     )
+    parser.add_argument("--coordinator", help="with --distributed: process 0's HOST:PORT")
+    parser.add_argument("--num-processes", type=int, help="with --distributed")
+    parser.add_argument("--process-id", type=int, help="with --distributed: 0 .. N-1")
     parser.add_argument("--profile", help="write a jax.profiler trace of 10 steps to this dir")
     parser.add_argument("--dump-hlo", help="write the optimized HLO to this dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
 
     enable_compilation_cache()
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()  # coordinator and process ids from the environment
     from jaxcnn import experiment, parallel, train
 
-    config = train.get_config(
-        args.model,
-        args.dataset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        momentum=args.momentum,
-        seed=args.seed,
-        data_dir=args.data_dir,
-        train_limit=args.train_limit,
-        permute_pixels=args.permute_pixels or None,
-        devices=parallel.parse_devices(args.devices),
-        **impl_overrides(args),
-    )
-    init_model = None
-    if args.init_from:
-        from parity import load_torch_checkpoint
+    if args.distributed:
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    elif args.coordinator or args.num_processes is not None or args.process_id is not None:
+        raise UserError("--coordinator, --num-processes and --process-id need --distributed")
 
-        init_model = load_torch_checkpoint(args.init_from, args.model)
+    with parallel.all_or_none():  # one process's bad flag stops them all
+        config = train.get_config(
+            args.model,
+            args.dataset,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            momentum=args.momentum,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            train_limit=args.train_limit,
+            permute_pixels=args.permute_pixels or None,
+            devices=parallel.parse_devices(args.devices),
+            **impl_overrides(args),
+        )
+        init_model = None
+        if args.init_from:
+            from parity import load_torch_checkpoint
+
+            init_model = load_torch_checkpoint(args.init_from, args.model)
     workdir = args.workdir or f"runs/{args.model}-{args.dataset}"
     summary = experiment.train_and_evaluate(
         config,
@@ -80,7 +88,8 @@ def main() -> None:
         profile_dir=args.profile,
         hlo_dir=args.dump_hlo,
     )
-    print(f"test accuracy {100 * summary['test_accuracy']:.2f}%; files in {workdir}")
+    if parallel.is_primary():
+        print(f"test accuracy {100 * summary['test_accuracy']:.2f}%; files in {workdir}")
 
 
 if __name__ == "__main__":

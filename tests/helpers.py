@@ -37,14 +37,24 @@ def write_idx(path, array, compress=False):
         path.write_bytes(payload)
 
 
-def make_idx_dir(directory, n=20, compress=False):
-    """Random train and test IDX files for ``n`` images each; returns what was written."""
+def make_idx_dir(directory, n=20, compress=False, learnable=False):
+    """Random train and test IDX files for ``n`` images each; returns what was written.
+
+    ``learnable``: each image is its class's fixed random template plus noise, so
+    a model learns and its gradients carry signal. With pure noise and random
+    labels the loss sits at log(10) and training amplifies float rounding (max-pool
+    near-ties, Adam dividing by tiny second moments): useless for comparing two
+    ways of computing the same trajectory.
+    """
     rng = np.random.default_rng(0)
+    templates = rng.integers(0, 256, (10, 28, 28))
     suffix = ".gz" if compress else ""
     splits = {}
     for split, (img, lab) in data.IDX_FILES.items():
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
+        if learnable:
+            images = (0.5 * templates[labels] + 0.5 * images).astype(np.uint8)
         write_idx(directory / (img + suffix), images, compress)
         write_idx(directory / (lab + suffix), labels, compress)
         splits[split] = (images, labels)
