@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from jaxcnn import UserError, models, train
-from jaxcnn.models import layers
+from jaxcnn.models import im2col, layers
 from jaxcnn.objectives import seed_loss
 
 IMPLS = {
@@ -92,17 +92,66 @@ def test_im2col_traces_no_convolution(name):
     assert count_primitive(models.create(name, conv="im2col"), x, "conv_general_dilated") == 0
 
 
-@pytest.mark.parametrize(
-    ("kernel", "stride", "padding"), [(5, 1, 0), (3, 1, 1), (1, 1, 0), (3, 2, 1)]
-)
-def test_im2col_conv_layer_matches_xla(kernel, stride, padding):
+CONV_CASES = [(5, 1, 0), (3, 1, 1), (1, 1, 0), (3, 2, 1), (2, 2, 0), (1, 1, 1), (5, 1, 2)]
+
+
+@pytest.mark.parametrize("form", im2col.DX_FORMS)
+@pytest.mark.parametrize(("kernel", "stride", "padding"), CONV_CASES)
+def test_im2col_conv_layer_matches_xla(kernel, stride, padding, form, monkeypatch):
+    """Output and all three gradients, under each input-gradient form of the custom VJP.
+
+    A 2x2 kernel at stride 2 on 13x11 leaves a row and a column no window reads
+    (their gradient must be zero), and padding 1 on a 1x1 kernel makes the
+    correlation form crop rather than pad.
+    """
+    monkeypatch.setattr(im2col, "DX_FORM", form)
     conv = layers.Conv2d(3, 7, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 13, 11, 3))
-    want = conv(x)
-    conv.conv_impl = "im2col"
-    got = conv(x)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+    def run(impl):
+        conv.conv_impl = impl
+        graphdef, params = nnx.split(conv)
+
+        def f(params, x):
+            out = nnx.merge(graphdef, params)(x)
+            return jnp.sum(jnp.sin(out)), out
+
+        (_, out), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, x)
+        return out, grads
+
+    want_out, (want_params, want_x) = run("xla")
+    got_out, (got_params, got_x) = run("im2col")
+    assert got_out.shape == want_out.shape
+    np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got_x, want_x, rtol=0, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def count_pads(x_shape, kernel_shape, padding) -> int:
+    """``pad`` ops in the jaxpr of an im2col convolution's input gradient."""
+    kernel = jnp.zeros(kernel_shape)
+    grad = jax.grad(lambda x: im2col.conv2d_im2col(x, kernel, None, 1, padding).sum())
+    return str(jax.make_jaxpr(grad)(jnp.zeros(x_shape))).count(" pad[")
+
+
+NARROWING = ((2, 12, 12, 88), (5, 5, 88, 20), 0)  # inception's conv2
+WIDENING = ((2, 14, 14, 10), (5, 5, 10, 20), 2)  # mnist_cnn's conv2
+
+
+def test_im2col_input_gradient_form_is_the_one_chosen(monkeypatch):
+    """The custom VJP really replaces autodiff's col2im (kh*kw pads) where it says so.
+
+    ``auto`` takes the correlation (one pad of dy) for a conv that narrows the
+    channels a lot, and col2im (a pad per tap) for one that widens them.
+    """
+    monkeypatch.setattr(im2col, "DX_FORM", "correlation")
+    assert count_pads(*WIDENING) <= 2
+    monkeypatch.setattr(im2col, "DX_FORM", "col2im")
+    assert count_pads(*NARROWING) >= 25
+    monkeypatch.setattr(im2col, "DX_FORM", "auto")
+    assert count_pads(*NARROWING) <= 2
+    assert count_pads(*WIDENING) >= 25
 
 
 def test_unknown_conv_algorithm_is_a_user_error():

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen, nnx
 
+from jaxcnn.models.im2col import conv2d_im2col
+
 
 def torch_default_init(fan_in: int) -> nnx.Initializer:
     """PyTorch's default init for Conv and Linear weights *and* biases.
@@ -46,9 +48,10 @@ class Conv2d(nnx.Conv):
     * ``"xla"``: ``lax.conv_general_dilated``, which XLA hands to cuDNN on a GPU.
     * ``"im2col"``: the kh*kw shifted views of the input concatenated on channels
       and one matmul with the kernel reshaped to [kh*kw*C_in, C_out]
-      (:func:`conv2d_im2col`). The same sums in another order. For the seeds'
-      tiny images and channel counts, one GEMM (whose weight gradient is
-      another GEMM) can beat a convolution library's small-problem kernels.
+      (:func:`~jaxcnn.models.im2col.conv2d_im2col`), with both gradients as
+      GEMMs too. The same sums in another order. For the seeds' tiny images
+      and channel counts, GEMMs can beat a convolution library's
+      small-problem kernels.
     """
 
     conv_impl: str = "xla"
@@ -86,29 +89,6 @@ class Conv2d(nnx.Conv):
             raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
         bias = None if self.bias is None else self.bias[...]
         return conv2d_im2col(x, self.kernel[...], bias, self.torch_stride, self.torch_padding)
-
-
-def conv2d_im2col(
-    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, stride: int = 1, padding: int = 0
-) -> jax.Array:
-    """A 2-D convolution as one matmul over patches. [N,H,W,C] x HWIO -> [N,H',W',O].
-
-    Patch features are ordered (kernel row, kernel column, input channel), the
-    order of ``kernel.reshape(kh * kw * C_in, C_out)`` for an HWIO kernel.
-    """
-    kh, kw, cin, cout = kernel.shape
-    if padding:
-        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    h = (x.shape[1] - kh) // stride + 1
-    w = (x.shape[2] - kw) // stride + 1
-    views = [
-        x[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride, :]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-    y = patches @ kernel.reshape(kh * kw * cin, cout).astype(patches.dtype)
-    return y if bias is None else y + bias.astype(y.dtype)
 
 
 def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:  # noqa: N802

@@ -1,0 +1,151 @@
+"""A 2-D convolution as matmuls over patches, forward and backward.
+
+For the seeds' tiny images and channel counts, a convolution library's
+small-problem kernels lose to one GEMM over the kh*kw shifted views of the
+input. Autodiff of that forward gives a GEMM for the weight gradient, but the
+input gradient comes out as "col2im": kh*kw padded copies of the input summed,
+which on XLA:CPU is kh*kw separate fusions and the biggest cost of the step.
+The custom VJP here writes the input gradient as what it is mathematically,
+a full correlation of the output gradient with the flipped kernel, and computes
+that the same way as the forward: patches and one GEMM.
+
+All arrays are NHWC with HWIO kernels, as in :class:`~jaxcnn.models.layers.Conv2d`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def patches(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
+    """[N,H,W,C] -> [N,H',W',kh*kw*C]: the valid windows, features (row, col, channel).
+
+    That feature order is the order of ``kernel.reshape(kh * kw * C, O)`` for
+    an HWIO kernel, so a patch matrix times the reshaped kernel is the conv.
+    """
+    h = (x.shape[1] - kh) // stride + 1
+    w = (x.shape[2] - kw) // stride + 1
+    views = [
+        x[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+def conv2d_im2col(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, stride: int = 1, padding: int = 0
+) -> jax.Array:
+    """``F.conv2d`` with symmetric zero ``padding``: [N,H,W,C] x HWIO -> [N,H',W',O].
+
+    The bias is added outside the custom VJP, so its gradient (a sum over
+    N,H',W') is left to autodiff.
+    """
+    y = _conv(x, kernel.astype(x.dtype), stride, padding, x.shape[1:3])
+    return y if bias is None else y + bias.astype(y.dtype)
+
+
+# in_hw (x's spatial size) is static too: with a stride, the input rows no
+# window reads cannot be recovered from the output's size.
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, in_hw) -> jax.Array:
+    return _forward(x, kernel, stride, padding)[0]
+
+
+def _forward(x, kernel, stride, padding):
+    kh, kw, cin, cout = kernel.shape
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    cols = patches(x, kh, kw, stride)
+    return cols @ kernel.reshape(kh * kw * cin, cout), cols
+
+
+def _conv_fwd(x, kernel, stride, padding, in_hw):
+    y, cols = _forward(x, kernel, stride, padding)
+    return y, (cols, kernel)
+
+
+def _conv_bwd(stride, padding, in_hw, residuals, dy):
+    cols, kernel = residuals
+    kh, kw, cin, _ = kernel.shape
+    # (dy^T cols)^T, contracting N,H',W' in place: spelled as autodiff's
+    # transpose of the forward matmul spells it, so XLA transposes the small
+    # dy, not the taps-times-larger patch matrix (cols^T dy cost mnist_cnn 40%).
+    batch = ((0, 1, 2), (0, 1, 2))
+    dkernel = lax.dot_general(dy, cols, (batch, ((), ()))).T.reshape(kernel.shape)
+    x_shape = (dy.shape[0], *in_hw, cin)
+    if _dx_form(x_shape, dy.shape, kh * kw, padding) == "correlation":
+        dx = _dx_correlation(dy, kernel, stride, padding, in_hw)
+    else:
+        dx = _dx_col2im(dy, kernel, stride, padding, x_shape)
+    return dx, dkernel
+
+
+def _dx_form(x_shape, y_shape, taps: int, padding: int) -> str:
+    """Pick the input-gradient form by the elements each one writes.
+
+    The correlation writes a [N,H,W,taps*C_out] patch matrix. col2im writes the
+    [N,H',W',taps*C_in] patch gradient and ``taps`` padded input-sized copies,
+    which XLA:CPU runs as that many separate fusions but partly overlaps, so
+    the element count overstates col2im's cost. Measured on a 2-core CPU:
+    inception's conv2 (88 -> 20 channels, ratio 0.16) made a fused-inception
+    epoch 1.7x faster with the correlation; at ratios 0.3-0.8 (mnist_cnn's
+    conv2, resnet's blocks) the correlation was no faster or up to 15% slower.
+    Hence the correlation only where it writes under a quarter as much.
+    """
+    if DX_FORM != "auto":
+        return DX_FORM
+    _, h, w, cin = x_shape
+    _, oh, ow, cout = y_shape
+    correlation = h * w * taps * cout
+    col2im = oh * ow * taps * cin + taps * (h + 2 * padding) * (w + 2 * padding) * cin
+    return "correlation" if correlation <= CORRELATION_RATIO * col2im else "col2im"
+
+
+DX_FORMS = ("auto", "correlation", "col2im")
+CORRELATION_RATIO = 0.25
+DX_FORM = "auto"  # set to "correlation" / "col2im" to force one form (tests, benchmarks)
+
+
+def _dx_correlation(dy, kernel, stride, padding, in_hw):
+    """dx as the full correlation of dy with the flipped kernel: patches and a GEMM.
+
+    dy is stride-dilated, given the kh-1 halo less the forward padding, and
+    the rows a stride never read, all by one ``lax.pad`` (interior, lo/hi;
+    negative values crop); the kernel is flipped in space and transposed in
+    channels.
+    """
+    kh, kw, cin, cout = kernel.shape
+
+    def halo(axis, k):
+        unread = in_hw[axis - 1] + 2 * padding - (stride * (dy.shape[axis] - 1) + k)
+        return (k - 1 - padding, k - 1 - padding + unread, stride - 1)
+
+    zero = jnp.zeros((), dy.dtype)
+    dy_full = lax.pad(dy, zero, ((0, 0, 0), halo(1, kh), halo(2, kw), (0, 0, 0)))
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)).reshape(kh * kw * cout, cin)
+    return patches(dy_full, kh, kw) @ flipped
+
+
+def _dx_col2im(dy, kernel, stride, padding, x_shape):
+    """dx as autodiff would give it: the patch gradient, then col2im.
+
+    col2im is the transpose of the (linear) pad-and-patches map, so
+    ``jax.linear_transpose`` derives it instead of a hand-written scatter.
+    """
+    kh, kw, cin, cout = kernel.shape
+    dcols = dy @ kernel.reshape(kh * kw * cin, cout).T
+
+    def pad_and_patch(x):
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        return patches(x, kh, kw, stride)
+
+    (dx,) = jax.linear_transpose(pad_and_patch, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dcols)
+    return dx
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
