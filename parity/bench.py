@@ -39,6 +39,7 @@ DEFAULT_VARIANTS = {
     "im2col": {"conv": "im2col"},
     "fused": {"fuse": True},
     "fused+im2col": {"fuse": True, "conv": "im2col"},
+    "gemm_wgrad": {"conv": "gemm_wgrad"},
     "unroll4": {"unroll": 4},
     "bf16": {"dtype": "bfloat16"},
 }

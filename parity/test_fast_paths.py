@@ -25,11 +25,15 @@ IMPLS = {
     "im2col": {"conv": "im2col"},
     "fused": {"fuse": True},
     "fused+im2col": {"fuse": True, "conv": "im2col"},
+    "gemm_wgrad": {"conv": "gemm_wgrad"},
 }
 # fuse changes only the models that have a fused form (InceptionA)
 CASES = [(name, "im2col") for name in models.MODELS] + [
     ("inception", "fused"),
     ("inception", "fused+im2col"),
+    ("inception", "gemm_wgrad"),
+    ("resnet", "gemm_wgrad"),
+    ("convnet", "gemm_wgrad"),
 ]
 
 

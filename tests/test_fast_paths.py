@@ -23,6 +23,7 @@ IMPLS = {
     "fused": {"fuse": True},
     "im2col": {"conv": "im2col"},
     "fused+im2col": {"fuse": True, "conv": "im2col"},
+    "gemm_wgrad": {"conv": "gemm_wgrad"},
 }
 
 
@@ -95,10 +96,14 @@ def test_im2col_traces_no_convolution(name):
 CONV_CASES = [(5, 1, 0), (3, 1, 1), (1, 1, 0), (3, 2, 1), (2, 2, 0), (1, 1, 1), (5, 1, 2)]
 
 
-@pytest.mark.parametrize("form", im2col.DX_FORMS)
+# im2col under each input-gradient form of its custom VJP, and gemm_wgrad.
+CONV_FORMS = [("im2col", form) for form in im2col.DX_FORMS] + [("gemm_wgrad", "auto")]
+
+
+@pytest.mark.parametrize(("impl", "form"), CONV_FORMS)
 @pytest.mark.parametrize(("kernel", "stride", "padding"), CONV_CASES)
-def test_im2col_conv_layer_matches_xla(kernel, stride, padding, form, monkeypatch):
-    """Output and all three gradients, under each input-gradient form of the custom VJP.
+def test_conv_layer_matches_xla(kernel, stride, padding, impl, form, monkeypatch):
+    """Output and all three gradients of the custom-VJP convolutions against XLA's.
 
     A 2x2 kernel at stride 2 on 13x11 leaves a row and a column no window reads
     (their gradient must be zero), and padding 1 on a 1x1 kernel makes the
@@ -120,12 +125,25 @@ def test_im2col_conv_layer_matches_xla(kernel, stride, padding, form, monkeypatc
         return out, grads
 
     want_out, (want_params, want_x) = run("xla")
-    got_out, (got_params, got_x) = run("im2col")
+    got_out, (got_params, got_x) = run(impl)
     assert got_out.shape == want_out.shape
     np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-5)
     np.testing.assert_allclose(got_x, want_x, rtol=0, atol=1e-5)
     for got, want in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_gemm_wgrad_traces_no_weight_gradient_convolution():
+    """gemm_wgrad keeps XLA's forward and data-gradient convolutions, not the third."""
+    x = jnp.zeros((2, 28, 28, 1))
+    xla = count_primitive(models.create("resnet"), x, "conv_general_dilated")
+    gemm = models.create("resnet", conv="gemm_wgrad")
+    # per conv, xla traces forward, data- and weight-gradient convolutions
+    # (17 for resnet's 6); gemm_wgrad turns the weight-gradient ones into GEMMs
+    assert 0 < count_primitive(gemm, x, "conv_general_dilated") < xla
+    assert count_primitive(gemm, x, "dot_general") > count_primitive(
+        models.create("resnet"), x, "dot_general"
+    )
 
 
 def count_pads(x_shape, kernel_shape, padding) -> int:

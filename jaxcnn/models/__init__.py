@@ -170,7 +170,7 @@ def create(
 def resolve_conv(conv: str) -> str:
     """A checked convolution algorithm; ``"auto"`` -> the one measured fastest here.
 
-    On CPU, ``im2col`` trained 4-11x faster than XLA's convolutions (jax 0.10,
+    On CPU, ``im2col`` trained 4.6-10x faster than XLA's convolutions (jax 0.10,
     2-core x86-64; README, "Speed options"), whose weight gradients are slow
     there. On a GPU, ``xla`` (cuDNN) stays the default until ``scripts/bench.py``
     shows otherwise.

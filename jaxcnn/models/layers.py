@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen, nnx
 
-from jaxcnn.models.im2col import conv2d_im2col
+from jaxcnn.models.im2col import conv2d_gemm_wgrad, conv2d_im2col
 
 
 def torch_default_init(fan_in: int) -> nnx.Initializer:
@@ -33,7 +33,7 @@ def torch_default_init(fan_in: int) -> nnx.Initializer:
     return init
 
 
-CONV_IMPLS = ("xla", "im2col")
+CONV_IMPLS = ("xla", "im2col", "gemm_wgrad")
 
 
 class Conv2d(nnx.Conv):
@@ -52,6 +52,10 @@ class Conv2d(nnx.Conv):
       GEMMs too. The same sums in another order. For the seeds' tiny images
       and channel counts, GEMMs can beat a convolution library's
       small-problem kernels.
+    * ``"gemm_wgrad"``: XLA's convolution and input gradient, the weight
+      gradient as im2col's GEMM
+      (:func:`~jaxcnn.models.im2col.conv2d_gemm_wgrad`): for cuDNN, whose
+      weight-gradient kernels were the slow ones on the H100.
     """
 
     conv_impl: str = "xla"
@@ -85,10 +89,14 @@ class Conv2d(nnx.Conv):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.conv_impl == "xla":
             return super().__call__(x)
-        if self.conv_impl != "im2col":
+        if self.conv_impl not in _CONV_FNS:
             raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
         bias = None if self.bias is None else self.bias[...]
-        return conv2d_im2col(x, self.kernel[...], bias, self.torch_stride, self.torch_padding)
+        conv = _CONV_FNS[self.conv_impl]
+        return conv(x, self.kernel[...], bias, self.torch_stride, self.torch_padding)
+
+
+_CONV_FNS = {"im2col": conv2d_im2col, "gemm_wgrad": conv2d_gemm_wgrad}
 
 
 def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:  # noqa: N802
