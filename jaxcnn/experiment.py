@@ -117,7 +117,8 @@ def train_and_evaluate(
         train_split, test_split = load_data(config, program.input_shape)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpts = Checkpoints(workdir)
-    _check_workdir(workdir, config, resume, ckpts)
+    with parallel.all_or_none():  # processes that see the workdir differently all stop
+        _check_workdir(workdir, config, resume, ckpts)
     start_epoch = 0
     if resume and ckpts.latest_epoch() is not None:
         start_epoch = ckpts.latest_epoch()
@@ -140,7 +141,7 @@ def train_and_evaluate(
     eval_fn, eval_compile_s = train.timed_compile(
         train.make_eval_fn(program), state.params, test_images, test_labels
     )
-    if hlo_dir is not None:
+    if hlo_dir is not None and primary:
         profiling.dump_hlo(epoch_fn, Path(hlo_dir) / f"{config.model}_epoch.hlo.txt")
         profiling.dump_hlo(eval_fn, Path(hlo_dir) / f"{config.model}_eval.hlo.txt")
     log(

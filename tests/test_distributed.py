@@ -63,6 +63,12 @@ def test_two_processes_match_one_device(tmp_path):
     assert summary["processes"] == 2 and summary["config"]["devices"] == 4
     two = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
+    # the same workdir again without --resume: every process refuses, nothing is lost
+    again = _launch([data, data], workdir)
+    for code, _, err in again:
+        assert code == 2 and "already holds a run" in err and "Traceback" not in err, err
+    assert (workdir / "metrics.jsonl").read_text().splitlines() == [json.dumps(r) for r in two]
+
     config = train.get_config("convnet", "mnist", epochs=3, batch_size=32, data_dir=str(data))
     experiment.train_and_evaluate(config, tmp_path / "one", progress=False)
     one = [
