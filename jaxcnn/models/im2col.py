@@ -1,13 +1,15 @@
-"""A 2-D convolution as matmuls over patches, forward and backward.
+"""2-D convolutions whose gradients are GEMMs over patches (custom VJPs).
 
 For the seeds' tiny images and channel counts, a convolution library's
-small-problem kernels lose to one GEMM over the kh*kw shifted views of the
-input. Autodiff of that forward gives a GEMM for the weight gradient, but the
-input gradient comes out as "col2im": kh*kw padded copies of the input summed,
-which on XLA:CPU is kh*kw separate fusions and the biggest cost of the step.
-The custom VJP here writes the input gradient as what it is mathematically,
-a full correlation of the output gradient with the flipped kernel, and computes
-that the same way as the forward: patches and one GEMM.
+small-problem kernels can lose to one GEMM over the kh*kw shifted views of the
+input (``conv2d_im2col``). Autodiff of that forward gives a GEMM for the weight
+gradient, but the input gradient comes out as "col2im": kh*kw padded copies of
+the input summed, which XLA:CPU runs as kh*kw separate fusions, the biggest
+cost of inception's step. So the VJP here may instead compute the input
+gradient as what it is mathematically, a full correlation of the output
+gradient with the flipped kernel, the same way as the forward: patches and one
+GEMM. ``conv2d_gemm_wgrad`` keeps XLA's convolution and data gradient and
+takes only the weight-gradient GEMM.
 
 All arrays are NHWC with HWIO kernels, as in :class:`~jaxcnn.models.layers.Conv2d`.
 """
@@ -19,6 +21,13 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+def pad_hw(x: jax.Array, padding: int) -> jax.Array:
+    """Symmetric zero padding of H and W, as ``F.conv2d(padding=p)`` applies it."""
+    if not padding:
+        return x
+    return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
 def patches(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
@@ -58,9 +67,7 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, in_hw) -> 
 
 def _forward(x, kernel, stride, padding):
     kh, kw, cin, cout = kernel.shape
-    if padding:
-        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    cols = patches(x, kh, kw, stride)
+    cols = patches(pad_hw(x, padding), kh, kw, stride)
     return cols @ kernel.reshape(kh * kw * cin, cout), cols
 
 
@@ -115,7 +122,9 @@ def _dx_form(x_shape, y_shape, taps: int, padding: int) -> str:
 
 DX_FORMS = ("auto", "correlation", "col2im")
 CORRELATION_RATIO = 0.25
-DX_FORM = "auto"  # set to "correlation" / "col2im" to force one form (tests, benchmarks)
+# "correlation" / "col2im" force one form (tests, benchmarks); read when a step
+# is traced, so set it before the first call of a jitted function.
+DX_FORM = "auto"
 
 
 def _dx_correlation(dy, kernel, stride, padding, in_hw):
@@ -148,8 +157,7 @@ def _dx_col2im(dy, kernel, stride, padding, x_shape):
     dcols = dy @ kernel.reshape(kh * kw * cin, cout).T
 
     def pad_and_patch(x):
-        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-        return patches(x, kh, kw, stride)
+        return patches(pad_hw(x, padding), kh, kw, stride)
 
     (dx,) = jax.linear_transpose(pad_and_patch, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dcols)
     return dx
@@ -193,8 +201,7 @@ def _xla_conv_bwd(stride, padding, residuals, dy):
     conv_x = partial(_plain_conv, kernel=kernel, stride=stride, padding=padding)
     (dx,) = jax.linear_transpose(conv_x, jax.ShapeDtypeStruct(x.shape, dy.dtype))(dy)
     kh, kw = kernel.shape[:2]
-    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    return dx, _weight_grad(patches(padded, kh, kw, stride), dy, kernel.shape)
+    return dx, _weight_grad(patches(pad_hw(x, padding), kh, kw, stride), dy, kernel.shape)
 
 
 _xla_conv.defvjp(_xla_conv_fwd, _xla_conv_bwd)
