@@ -33,7 +33,9 @@ def torch_default_init(fan_in: int) -> nnx.Initializer:
     return init
 
 
-CONV_IMPLS = ("xla", "im2col", "gemm_wgrad")
+# The custom-VJP algorithms by name; "xla" is nnx.Conv's own call.
+_CONV_FNS = {"im2col": conv2d_im2col, "gemm_wgrad": conv2d_gemm_wgrad}
+CONV_IMPLS = ("xla", *_CONV_FNS)
 
 
 class Conv2d(nnx.Conv):
@@ -89,14 +91,11 @@ class Conv2d(nnx.Conv):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.conv_impl == "xla":
             return super().__call__(x)
-        if self.conv_impl not in _CONV_FNS:
+        conv = _CONV_FNS.get(self.conv_impl)
+        if conv is None:
             raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
         bias = None if self.bias is None else self.bias[...]
-        conv = _CONV_FNS[self.conv_impl]
         return conv(x, self.kernel[...], bias, self.torch_stride, self.torch_padding)
-
-
-_CONV_FNS = {"im2col": conv2d_im2col, "gemm_wgrad": conv2d_gemm_wgrad}
 
 
 def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:  # noqa: N802
