@@ -36,10 +36,7 @@ TARGETS = {"mnist_cnn": 0.09, "inception": 0.45, "resnet": 0.18}
 # Variants that repeat the defaults on this backend or model are skipped (is_redundant).
 DEFAULT_VARIANTS = {
     "xla": {"conv": "xla"},
-    "im2col": {"conv": "im2col"},
-    "fused": {"fuse": True},
-    "fused+im2col": {"fuse": True, "conv": "im2col"},
-    "gemm_wgrad": {"conv": "gemm_wgrad"},
+    **models.SPEED_OPTIONS,
     "unroll4": {"unroll": 4},
     "bf16": {"dtype": "bfloat16"},
 }

@@ -21,12 +21,6 @@ from parity.harness import (
 from parity.test_grads import GRAD_RTOL
 from parity.tolerances import GRAD_ATOL, LOGITS_ATOL
 
-IMPLS = {
-    "im2col": {"conv": "im2col"},
-    "fused": {"fuse": True},
-    "fused+im2col": {"fuse": True, "conv": "im2col"},
-    "gemm_wgrad": {"conv": "gemm_wgrad"},
-}
 # fuse changes only the models that have a fused form (InceptionA)
 CASES = [(name, "im2col") for name in models.MODELS] + [
     ("inception", "fused"),
@@ -37,10 +31,14 @@ CASES = [(name, "im2col") for name in models.MODELS] + [
 ]
 
 
+def test_every_speed_option_is_held_against_torch():
+    assert {impl for _, impl in CASES} == set(models.SPEED_OPTIONS)
+
+
 @pytest.mark.parametrize(("name", "impl"), CASES)
 def test_speed_option_keeps_parity(name, impl):
     torch_model, jax_model = make_pair(name, seed=5)
-    models.set_impl(jax_model, **IMPLS[impl])
+    models.set_impl(jax_model, **models.SPEED_OPTIONS[impl])
     x, y = random_batch(name, 16, seed=5)
     with torch.no_grad():
         expected = to_numpy(torch_model(torch_input(x)))

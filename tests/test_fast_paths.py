@@ -19,13 +19,6 @@ from jaxcnn import UserError, models, train
 from jaxcnn.models import im2col, layers
 from jaxcnn.objectives import seed_loss
 
-IMPLS = {
-    "fused": {"fuse": True},
-    "im2col": {"conv": "im2col"},
-    "fused+im2col": {"fuse": True, "conv": "im2col"},
-    "gemm_wgrad": {"conv": "gemm_wgrad"},
-}
-
 
 def logits_and_grads(model, x, y, kind):
     def loss_fn(m):
@@ -51,13 +44,13 @@ def count_primitive(model, x, name: str) -> int:
 
 # Every model against torch under each option: parity/test_fast_paths.py. Here, without
 # torch, the model where the options change the most, against its plain form.
-CASES = [("inception", impl) for impl in IMPLS]
+CASES = [("inception", impl) for impl in models.SPEED_OPTIONS]
 
 
 @pytest.mark.parametrize(("name", "impl"), CASES)
 def test_speed_option_matches_plain_form(name, impl):
     plain = models.create(name, rngs=3)
-    fast = models.create(name, rngs=3, **IMPLS[impl])
+    fast = models.create(name, rngs=3, **models.SPEED_OPTIONS[impl])
     plain.eval()
     fast.eval()
     h, w, c = models.get_spec(name).input_shape

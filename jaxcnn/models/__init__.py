@@ -185,6 +185,17 @@ def resolve_conv(conv: str) -> str:
     return conv
 
 
+# The named non-default forms of ``set_impl``: each computes what the plain form
+# (``conv="xla"``, unfused) computes, another way. The one table the tests (against
+# the plain form and against torch) and ``scripts/bench.py``'s variants iterate.
+SPEED_OPTIONS = {
+    "im2col": {"conv": "im2col"},
+    "fused": {"fuse": True},
+    "fused+im2col": {"fuse": True, "conv": "im2col"},
+    "gemm_wgrad": {"conv": "gemm_wgrad"},
+}
+
+
 def set_impl(model: nnx.Module, *, fuse: bool = False, conv: str = "xla") -> nnx.Module:
     """Choose how ``model`` computes, in place; what it computes stays the same.
 
@@ -209,6 +220,7 @@ def param_count(model: nnx.Module) -> int:
 __all__ = [
     "CONV_IMPLS",
     "MODELS",
+    "SPEED_OPTIONS",
     "ModelSpec",
     "Recipe",
     "create",
