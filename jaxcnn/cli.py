@@ -81,13 +81,24 @@ def add_impl_flags(parser: argparse.ArgumentParser) -> None:
         help="compute dtype; parameters stay float32 (default: float32)",
     )
     parser.add_argument("--unroll", type=int, help="training steps per scan-loop iteration")
+    parser.add_argument(
+        "--xla-option",
+        action="append",
+        default=[],
+        metavar="xla_NAME=VALUE",
+        help="an XLA compiler option for the training and evaluation programs, e.g. "
+        "xla_gpu_enable_command_buffer=FUSION,CUDNN,WHILE; repeatable",
+    )
 
 
 def impl_overrides(args: argparse.Namespace) -> dict:
     """The ``get_config`` overrides that :func:`add_impl_flags` parsed (None: recipe default)."""
+    from jaxcnn.train import parse_xla_options
+
     return {
         "fuse": args.fuse or None,
         "conv": args.conv,
         "dtype": args.dtype,
         "unroll": args.unroll,
+        "xla_options": parse_xla_options(args.xla_option) or None,
     }

@@ -42,7 +42,7 @@ def make_steps_fn(program: train.Program, steps: int):
         unroll = max(1, min(program.config.unroll, steps))  # as the epoch loop does
         return jax.lax.scan(body, state, (idx, keys), unroll=unroll)
 
-    return jax.jit(fn)
+    return program.jit(fn)
 
 
 def time_steps(fn, state, images, labels, steps: int, repeats: int = 5) -> list[float]:

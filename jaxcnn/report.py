@@ -31,6 +31,8 @@ def environment() -> dict[str, str]:
     }
     if jax.default_backend() == "gpu":
         env["driver"] = _nvidia_driver()
+    if os.environ.get("XLA_FLAGS"):  # numbers measured under flags say so
+        env["xla_flags"] = os.environ["XLA_FLAGS"]
     return env
 
 

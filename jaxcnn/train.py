@@ -31,7 +31,7 @@ from jaxcnn.objectives import LOSSES, OPTIMIZERS, make_optimizer, seed_loss
 
 DTYPES = ("float32", "bfloat16")
 # The Config fields that choose how a step is computed, not what (README, "Speed options").
-IMPL_FIELDS = ("fuse", "conv", "dtype", "unroll")
+IMPL_FIELDS = ("fuse", "conv", "dtype", "unroll", "xla_options")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,9 @@ class Config:
     conv: str = "auto"  # convolution algorithm: models.CONV_IMPLS, or "auto" (resolve_conv)
     dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
     unroll: int = 1  # training steps per iteration of the epoch's scan loop
+    # XLA compiler options for the training and evaluation programs, as (name, value)
+    # pairs: DebugOptions fields such as xla_gpu_enable_command_buffer (parse_xla_options)
+    xla_options: tuple[tuple[str, Any], ...] = ()
     eval_batch_size: int = 1000
 
 
@@ -75,6 +78,7 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["conv"] = models.resolve_conv(values.get("conv", "auto"))  # checked here
+    values["xla_options"] = tuple(tuple(item) for item in values.get("xla_options", ()))
     config = Config(**values)
     if config.dataset not in data.DATASETS:
         raise UserError(
@@ -96,7 +100,41 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
     if config.momentum < 0:
         raise UserError(f"--momentum must be >= 0, got {config.momentum}")
     parallel.check_batch_size(config.batch_size, config.devices)
+    check_xla_options(config.xla_options)
     return config
+
+
+def parse_xla_options(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """``["xla_name=value", ...]`` -> (name, value) pairs for ``jax.jit(compiler_options=)``.
+
+    XLA reads ints and enum lists from strings but wants a real bool, so
+    ``true``/``false`` become bools; every other value stays a string. An
+    option given twice keeps its last value, as a repeated command-line flag does.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("xla_"):
+            raise UserError(f"--xla-option '{item}': expected xla_NAME=VALUE")
+        lowered = value.lower()
+        options[name] = lowered == "true" if lowered in ("true", "false") else value
+    return tuple(options.items())
+
+
+def check_xla_options(options: tuple[tuple[str, Any], ...]) -> None:
+    """Compile a trivial program with ``options``, so a misspelt name or a bad value
+    stops the run before it starts, in XLA's own words.
+
+    Options of another backend (``xla_gpu_*`` on a CPU) are checked too: XLA
+    keeps one set of options for all backends and ignores those not its own.
+    """
+    if not options:
+        return
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(0).compile()
+    except Exception as err:  # XLA raises JaxRuntimeError (INVALID_ARGUMENT)
+        message = str(err).splitlines()[0].removeprefix("INVALID_ARGUMENT: ")
+        raise UserError(f"--xla-option: {message}") from None
 
 
 class TrainState(NamedTuple):
@@ -138,6 +176,10 @@ class Program:
         else:
             model.train()
         return model(x).astype(jnp.float32)
+
+    def jit(self, fn: Callable, **kwargs: Any) -> Callable:
+        """``jax.jit(fn)`` with the run's XLA compiler options (``config.xla_options``)."""
+        return jax.jit(fn, compiler_options=dict(self.config.xla_options) or None, **kwargs)
 
 
 def with_dropout_key(rest: nnx.State, key: jax.Array) -> nnx.State:
@@ -228,7 +270,7 @@ def make_epoch_fn(program: Program) -> Callable:
             losses = jnp.concatenate([losses, last[None]])
         return state, losses
 
-    return jax.jit(epoch_fn, donate_argnums=0)
+    return program.jit(epoch_fn, donate_argnums=0)
 
 
 def make_eval_fn(program: Program) -> Callable:
@@ -260,12 +302,12 @@ def make_eval_fn(program: Program) -> Callable:
         (correct, loss), _ = jax.lax.scan(body, (jnp.int32(0), jnp.float32(0)), xs)
         return correct / n, loss / n
 
-    return jax.jit(eval_fn)
+    return program.jit(eval_fn)
 
 
 def predict(program: Program, params: nnx.State, images: np.ndarray) -> np.ndarray:
     """Predicted classes for a few host images (for the prediction grid)."""
-    return np.asarray(jax.jit(program.apply)(params, jnp.asarray(images), None).argmax(axis=1))
+    return np.asarray(program.jit(program.apply)(params, jnp.asarray(images), None).argmax(axis=1))
 
 
 def timed_compile(fn: Callable, *args) -> tuple[Callable, float]:

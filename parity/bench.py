@@ -32,6 +32,9 @@ TORCH_ARMS = ("seed_loop", "torch_eager", "torch_graph", "torch_compile")
 REFERENCE = "jaxcnn"  # ratios are to this arm
 # The issue's targets (H100, Fashion-MNIST epoch at the seeds' batch sizes).
 TARGETS = {"mnist_cnn": 0.09, "inception": 0.45, "resnet": 0.18}
+# XLA's CUDA-graph command buffers with the epoch's scan loop (WHILE) and its
+# conditionals inside them too: the whole epoch one graph launch (GPU only).
+WHOLE_EPOCH_GRAPH = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 # jaxcnn speed variants: name -> train.get_config overrides.
 # Variants that repeat the defaults on this backend or model are skipped (is_redundant).
 DEFAULT_VARIANTS = {
@@ -39,6 +42,7 @@ DEFAULT_VARIANTS = {
     **models.SPEED_OPTIONS,
     "unroll4": {"unroll": 4},
     "bf16": {"dtype": "bfloat16"},
+    "cmdbuf_while": {"xla_options": (("xla_gpu_enable_command_buffer", WHOLE_EPOCH_GRAPH),)},
 }
 
 
@@ -76,16 +80,27 @@ class Row:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``"name:fuse=1,conv=im2col,unroll=4"`` -> ``("name", {...})`` of get_config overrides."""
+    """``"name:fuse=1,conv=im2col,unroll=4"`` -> ``("name", {...})`` of get_config overrides.
+
+    ``xla_NAME=VALUE`` items are XLA compiler options; as their values may be
+    comma lists themselves, an item without ``=`` after one continues its value:
+    ``"cb:xla_gpu_enable_command_buffer=FUSION,WHILE,unroll=4"``.
+    """
+    from jaxcnn import train
     from jaxcnn.errors import UserError
 
     name, _, spec = text.partition(":")
     options: dict = {}
+    xla: list[str] = []
     for item in filter(None, spec.split(",")):
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep and xla:
+            xla[-1] += f",{item}"
+        elif not sep:
             raise UserError(f"--variant '{text}': expected key=value items, got '{item}'")
-        if key == "fuse":
+        elif key.startswith("xla_"):
+            xla.append(item)
+        elif key == "fuse":
             options[key] = value.lower() in ("1", "true", "yes")
         elif key == "unroll":
             if not value.isdigit():
@@ -95,8 +110,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
             options[key] = value
         else:
             raise UserError(
-                f"--variant '{text}': unknown option '{key}' (fuse, conv, dtype, unroll)"
+                f"--variant '{text}': unknown option '{key}' (fuse, conv, dtype, unroll, xla_*)"
             )
+    if xla:
+        options["xla_options"] = train.parse_xla_options(xla)
     if not name or not options:
         raise UserError(f"--variant '{text}': expected NAME:key=value[,key=value]")
     return name, options
@@ -105,13 +122,17 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def effective(name: str, options: dict) -> dict:
     """What ``options`` amount to for model ``name`` on this backend: the speed fields of
     ``train.get_config`` (which checks them and resolves ``auto``), with ``fuse`` dropped
-    where the model has no fused form."""
+    where the model has no fused form and the XLA options of other backends dropped."""
+    import jax
     from flax import nnx
 
     from jaxcnn import train
 
     config = train.get_config(name, "fashion_mnist", **options)
     out = {k: getattr(config, k) for k in train.IMPL_FIELDS}
+    # XLA ignores the options of other backends (xla_gpu_* on a CPU)
+    others = tuple(f"xla_{b}_" for b in ("cpu", "gpu", "tpu") if b != jax.default_backend())
+    out["xla_options"] = tuple(o for o in out["xla_options"] if not o[0].startswith(others))
     if out["fuse"]:
         abstract = nnx.eval_shape(lambda: models.create(name))
         out["fuse"] = any(hasattr(m, "fuse") for _, m in nnx.iter_graph(abstract))

@@ -8,6 +8,7 @@ torchvision) must be listed as skipped rather than crash the run.
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -69,7 +70,12 @@ def test_parse_variant():
         "fast",
         {"fuse": True, "conv": "im2col", "unroll": 4},
     )
-    for bad in ["fast", "fast:", "fast:speed=11", "fast:fuse", "fast:unroll=x"]:
+    # an item without "=" continues an XLA option's comma list
+    assert bench.parse_variant("cb:xla_gpu_enable_command_buffer=FUSION,WHILE,unroll=2") == (
+        "cb",
+        {"unroll": 2, "xla_options": (("xla_gpu_enable_command_buffer", "FUSION,WHILE"),)},
+    )
+    for bad in ["fast", "fast:", "fast:speed=11", "fast:fuse", "fast:unroll=x", "f:WHILE"]:
         with pytest.raises(UserError, match="--variant"):
             bench.parse_variant(bad)
 
@@ -83,6 +89,11 @@ def test_variants_that_repeat_the_defaults_are_skipped():
     other = "xla" if auto == "im2col" else "im2col"
     assert bench.is_redundant("resnet", {"conv": auto})
     assert not bench.is_redundant("resnet", {"conv": other})
+    # XLA options count on their own backend only
+    on_gpu = jax.default_backend() == "gpu"
+    assert bench.is_redundant("resnet", bench.DEFAULT_VARIANTS["cmdbuf_while"]) == (not on_gpu)
+    cpu_option = {"xla_options": (("xla_cpu_enable_fast_math", True),)}
+    assert bench.is_redundant("resnet", cpu_option) == on_gpu
     # a variant that repeats an earlier one is skipped too
     assert bench.is_redundant("inception", {"fuse": True, "conv": auto}, [{"fuse": True}])
 

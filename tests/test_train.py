@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcnn import data, experiment, train
+from jaxcnn import UserError, data, experiment, train
 from jaxcnn.checkpoint import Checkpoints
 from tests.helpers import ENV, ROOT, make_idx_dir, run_script
 
@@ -178,6 +178,10 @@ def test_real_fashion_mnist_cli_train_then_evaluate(tmp_path):
         ),
         (["--model", "basic_cnn", "--dataset", "mnist", "--lr", "-1"], "--lr must be a positive"),
         (
+            ["--model", "basic_cnn", "--dataset", "mnist", "--xla-option", "xla_no_such=1"],
+            "--xla-option: No such compile option: 'xla_no_such'",
+        ),
+        (
             ["--model", "basic_cnn", "--dataset", "mnist", "--init-from", "/no/such.pt"],
             "does not exist",
         ),
@@ -189,6 +193,46 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("error: ") and message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_xla_options_reach_the_training_and_eval_programs(tmp_path):
+    """``--xla-option`` compiles the epoch and eval programs with it: shown with
+    ``xla_dump_to``, which makes XLA write each program it compiles there."""
+    dump = tmp_path / "hlo"
+    options = train.parse_xla_options([f"xla_dump_to={dump}"])
+    config = train.get_config("basic_cnn", "mnist", batch_size=8, xla_options=options)
+    program, state = train.create_program(config)
+    images, labels = np.zeros((16, 28, 28, 1), np.uint8), np.zeros(16, np.int32)
+    train.make_epoch_fn(program).lower(state, images, labels, 0).compile()
+    train.make_eval_fn(program).lower(state.params, images, labels).compile()
+    names = " ".join(p.name for p in dump.iterdir())
+    assert "jit_epoch_fn" in names and "jit_eval_fn" in names
+    plain, _ = train.create_program(train.get_config("basic_cnn", "mnist", batch_size=8))
+    assert plain.config.xla_options == () and "compiler_options" not in repr(plain)
+
+
+def test_parse_xla_options():
+    items = ["xla_a=TRUE", "xla_b=3", "xla_c=FUSION,WHILE", "xla_a=false"]
+    assert train.parse_xla_options(items) == (
+        ("xla_a", False),  # XLA wants a real bool; the last of a repeated name wins
+        ("xla_b", "3"),
+        ("xla_c", "FUSION,WHILE"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("xla_cpu_enable_fast_math=maybe", "'maybe' is not a valid bool value"),
+        ("xla_gpu_enable_command_buffer=FUSION,LOOPS", "is not a valid enum value"),
+        ("fast_math=1", "expected xla_NAME=VALUE"),
+        ("xla_cpu_enable_fast_math", "expected xla_NAME=VALUE"),
+    ],
+)
+def test_bad_xla_options_are_one_line_errors(item, message):
+    with pytest.raises(UserError, match=message) as info:
+        train.get_config("basic_cnn", "mnist", xla_options=train.parse_xla_options([item]))
+    assert "\n" not in str(info.value)
 
 
 def test_no_data_anywhere_is_one_sentence_and_leaves_no_workdir(tmp_path):
