@@ -83,7 +83,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
     """``"name:fuse=1,conv=im2col,unroll=4"`` -> ``("name", {...})`` of get_config overrides.
 
     ``xla_NAME=VALUE`` items are XLA compiler options; as their values may be
-    comma lists themselves, an item without ``=`` after one continues its value:
+    comma lists themselves, items without ``=`` right after one continue its value:
     ``"cb:xla_gpu_enable_command_buffer=FUSION,WHILE,unroll=4"``.
     """
     from jaxcnn import train
@@ -92,11 +92,14 @@ def parse_variant(text: str) -> tuple[str, dict]:
     name, _, spec = text.partition(":")
     options: dict = {}
     xla: list[str] = []
+    continues = False  # the item before was an XLA option
     for item in filter(None, spec.split(",")):
         key, sep, value = item.partition("=")
-        if not sep and xla:
+        if not sep and continues:
             xla[-1] += f",{item}"
-        elif not sep:
+            continue
+        continues = bool(sep) and key.startswith("xla_")
+        if not sep:
             raise UserError(f"--variant '{text}': expected key=value items, got '{item}'")
         elif key.startswith("xla_"):
             xla.append(item)

@@ -75,7 +75,15 @@ def test_parse_variant():
         "cb",
         {"unroll": 2, "xla_options": (("xla_gpu_enable_command_buffer", "FUSION,WHILE"),)},
     )
-    for bad in ["fast", "fast:", "fast:speed=11", "fast:fuse", "fast:unroll=x", "f:WHILE"]:
+    for bad in [
+        "fast",
+        "fast:",
+        "fast:speed=11",
+        "fast:fuse",
+        "fast:unroll=x",
+        "f:WHILE",
+        "f:xla_a=B,unroll=2,C",
+    ]:
         with pytest.raises(UserError, match="--variant"):
             bench.parse_variant(bad)
 
