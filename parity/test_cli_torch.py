@@ -48,3 +48,27 @@ def test_train_from_a_torch_checkpoint_and_refuse_a_mismatched_one(tmp_path):
     bad = run_script("train.py", "--model", "inception", *args, "--workdir", str(tmp_path / "b"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "does not fit model 'inception'" in bad.stderr
+
+
+def test_compare_torch_reports_bf16_in_its_own_column(tmp_path):
+    """``compare_torch.py --bf16``: a float32 and a bfloat16 jaxcnn run and a torch run
+    per seed, the bf16 accuracy in its own column; a bad model name is one line."""
+    make_idx_dir(tmp_path, n=200, learnable=True)
+    out = tmp_path / "cmp"
+    args = ["--data-dir", str(tmp_path), "--models", "basic_cnn", "--seeds", "0", "1",
+            "--epochs", "2", "--out", str(out)]  # fmt: skip
+    result = run_script("compare_torch.py", *args, "--bf16", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    impls = sorted((r["impl"], r["seed"]) for r in runs)
+    assert impls == sorted(
+        (impl, seed) for impl in ("jaxcnn", "jaxcnn bf16", "torch (resident)") for seed in (0, 1)
+    )
+    acc = {(r["impl"], r["seed"]): 100 * r["test_accuracy"] for r in runs}
+    header, _, row = out.with_suffix(".md").read_text().splitlines()[2:5]
+    assert header.endswith("| jaxcnn bf16 acc (mean ± sd) | bf16 s/epoch |")
+    bf16 = [acc[("jaxcnn bf16", s)] for s in (0, 1)]
+    assert row.startswith("| `basic_cnn` |") and f"| {np.mean(bf16):.2f} ± " in row
+    bad = run_script("compare_torch.py", *args[:2], "--models", "vgg", "--out", str(out))
+    assert bad.returncode == 2 and "unknown model 'vgg'" in bad.stderr
+    assert "Traceback" not in bad.stderr
