@@ -202,7 +202,12 @@ def train_and_evaluate(
     ckpts.close()
     if profile_dir is not None:
         trace_dir = profiling.profile_steps(program, state, images, labels, profile_dir)
-        log(f"profile of 10 steady-state steps in {trace_dir} (Perfetto/TensorBoard)")
+        stats = profiling.kernel_stats(trace_dir, profiling.TRACED_STEPS)
+        log(
+            f"profile of {profiling.TRACED_STEPS} steady-state steps in {trace_dir} "
+            f"(Perfetto/TensorBoard): {stats['kernels_per_step']:.0f} kernels per step, "
+            f"{stats['busy_ms_per_step']:.3f} ms of them"
+        )
 
     summary = {
         "model": config.model,

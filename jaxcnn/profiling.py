@@ -55,14 +55,20 @@ def time_steps(fn, state, images, labels, steps: int, repeats: int = 5) -> list[
     return out
 
 
-def profile_steps(program, state, images, labels, logdir: str | Path, steps: int = 10) -> Path:
+TRACED_STEPS = 10  # steps per call that profile_steps traces
+TRACED_CALLS = 3  # calls of that steps function in the trace
+
+
+def profile_steps(
+    program, state, images, labels, logdir: str | Path, steps: int = TRACED_STEPS
+) -> Path:
     """Write a ``jax.profiler`` trace of ``steps`` steady-state training steps to ``logdir``."""
     fn = make_steps_fn(program, steps)
     jax.block_until_ready(fn(state, images, labels))  # compile and warm up outside the trace
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     with jax.profiler.trace(str(logdir), create_perfetto_trace=True):
-        for _ in range(3):
+        for _ in range(TRACED_CALLS):
             jax.block_until_ready(fn(state, images, labels))
     return logdir
 
@@ -96,11 +102,11 @@ def cost(fn, *args) -> dict[str, float]:
     }
 
 
-def top_ops(logdir: str | Path, limit: int = 12) -> list[tuple[str, float, int]]:
-    """(name, total milliseconds, count) of the longest ops/kernels in the newest trace.
+def _op_events(logdir: str | Path) -> list[tuple[str, float]]:
+    """(name, milliseconds) of every device kernel in the newest trace under ``logdir``.
 
-    Reads the Perfetto JSON that ``profile_steps`` asks for and sums complete
-    events by name, skipping the Python and runtime bookkeeping around them.
+    Reads the Perfetto JSON that ``profile_steps`` asks for, skipping the Python
+    and runtime bookkeeping around the kernels.
     """
     traces = sorted(Path(logdir).rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
     if not traces:
@@ -116,9 +122,10 @@ def top_ops(logdir: str | Path, limit: int = 12) -> list[tuple[str, float, int]]
         if e.get("ph") == "M" and e.get("name") == "process_name"
     }
     device_pids = {pid for pid, name in names.items() if "/device:" in name}
-    totals: Counter = Counter()
-    counts: Counter = Counter()
     skip = ("$", "PjRt", "PJRT", "Pjit", "Common", "Thunk", "TraceMe", "jit_", "np.", "Python")
+    # XLA:CPU's runtime also records its thread pool, waits and op-end markers
+    skip += ("ThreadpoolListener", "SlinkyThreadPool", "Wait for", "end: ")
+    out = []
     for ev in events:
         if ev.get("ph") != "X" or "dur" not in ev:
             continue
@@ -127,6 +134,31 @@ def top_ops(logdir: str | Path, limit: int = 12) -> list[tuple[str, float, int]]
         name = ev.get("name", "")
         if not name or name.startswith(skip) or name.startswith("[") or ".py" in name:
             continue
-        totals[name] += ev["dur"] / 1000.0
+        out.append((name, ev["dur"] / 1000.0))
+    return out
+
+
+def top_ops(logdir: str | Path, limit: int = 12) -> list[tuple[str, float, int]]:
+    """(name, total milliseconds, count) of the longest ops/kernels in the newest trace."""
+    totals: Counter = Counter()
+    counts: Counter = Counter()
+    for name, ms in _op_events(logdir):
+        totals[name] += ms
         counts[name] += 1
     return [(name, ms, counts[name]) for name, ms in totals.most_common(limit)]
+
+
+def kernel_stats(logdir: str | Path, steps: int) -> dict[str, float]:
+    """Kernels launched and device-busy milliseconds per training step in the newest
+    trace of ``steps`` steps (``profile_steps`` traces ``TRACED_CALLS`` calls of them).
+
+    At the seeds' batch sizes a step is hundreds of kernels of a few microseconds
+    each: their number, and the gaps between them (step time minus busy time),
+    are what set the time, more than any one kernel.
+    """
+    events = _op_events(logdir)
+    total = steps * TRACED_CALLS
+    return {
+        "kernels_per_step": len(events) / total,
+        "busy_ms_per_step": sum(ms for _, ms in events) / total,
+    }

@@ -1,13 +1,15 @@
 """The roofline view of each model's training step: FLOPs, bytes, time, top ops.
 
 python scripts/profile_models.py [--models mnist_cnn resnet] [--steps 50] [--out results/profile]
-    [--fuse] [--conv xla|im2col] [--dtype bfloat16]
+    [--fuse] [--conv xla|im2col|gemm_wgrad] [--dtype bfloat16] [--xla-option xla_NAME=VALUE]
 
 For each model at its seed batch size: XLA's cost_analysis() of one step (FLOPs
 and bytes), the measured step time (median of 5 calls of a scanned run of
 --steps steps, after a warm-up), achieved FLOP/s and bandwidth against the
-device's peak, and the top ops of a profiler trace. Writes OUT.json, OUT.md and
-OUT.png (achieved vs peak), and the traces under OUT_traces/.
+device's peak, and from a profiler trace of 10 steps the top ops, the kernels per
+step with their mean duration, and the share of the step the device is busy (the
+rest is launch gaps). Writes OUT.json, OUT.md and OUT.png (achieved vs peak), and
+the traces under OUT_traces/.
 """
 
 import argparse
@@ -52,7 +54,7 @@ def main() -> None:
         jax.block_until_ready(fn(state, images, labels))
         step_s = statistics.median(profiling.time_steps(fn, state, images, labels, args.steps))
         traces = Path(f"{out}_traces") / name
-        profiling.profile_steps(program, state, images, labels, traces, steps=10)
+        profiling.profile_steps(program, state, images, labels, traces)
         row = {
             "model": name,
             "batch_size": config.batch_size,
@@ -63,6 +65,7 @@ def main() -> None:
             "achieved_tflops": flops["flops"] / step_s / 1e12,
             "achieved_tb_s": flops["bytes"] / step_s / 1e12,
             "top_ops": profiling.top_ops(traces),
+            **profiling.kernel_stats(traces, profiling.TRACED_STEPS),
         }
         if peak:
             row["fp32_peak_fraction"] = row["achieved_tflops"] / peak["fp32_tflops"]
@@ -78,15 +81,19 @@ def main() -> None:
     lines = [
         f"{env['device']}, jax {env['jax']}",
         "",
-        "| model | batch | ms/step | MFLOP/step | MB/step | TFLOP/s | TB/s | top op |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | batch | ms/step | MFLOP/step | MB/step | TFLOP/s | TB/s "
+        "| kernels/step | µs/kernel | busy % | top op |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         top = r["top_ops"][0][0][:40] if r["top_ops"] else "-"
+        kernel_us = 1000 * r["busy_ms_per_step"] / max(r["kernels_per_step"], 1e-9)
+        busy = 100 * r["busy_ms_per_step"] / r["step_ms"]
         lines.append(
             f"| `{r['model']}` | {r['batch_size']} | {r['step_ms']:.3f} | "
             f"{r['mflop_per_step']:.0f} | {r['mb_per_step']:.1f} | "
-            f"{r['achieved_tflops']:.2f} | {r['achieved_tb_s']:.3f} | `{top}` |"
+            f"{r['achieved_tflops']:.2f} | {r['achieved_tb_s']:.3f} | "
+            f"{r['kernels_per_step']:.0f} | {kernel_us:.1f} | {busy:.0f} | `{top}` |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

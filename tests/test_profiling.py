@@ -20,6 +20,8 @@ def test_profile_and_hlo_dump(tmp_path):
     assert list((tmp_path / "trace").rglob("*.trace.json.gz")), "no Perfetto trace written"
     ops = profiling.top_ops(tmp_path / "trace")
     assert ops and all(ms >= 0 and count > 0 for _, ms, count in ops)
+    stats = profiling.kernel_stats(tmp_path / "trace", steps=10)
+    assert stats["kernels_per_step"] >= 5 and stats["busy_ms_per_step"] > 0
     hlo = (tmp_path / "hlo" / "basic_cnn_epoch.hlo.txt").read_text()
     # the epoch's loop, and the model's convolutions as the chosen algorithm compiles them
     conv_op = "convolution(" if config.conv == "xla" else " dot("
@@ -36,3 +38,48 @@ def test_cost_analysis_counts_the_step():
     one = profiling.cost(profiling.make_steps_fn(program, 1), state, images, labels)
     # conv1 alone: 16 images x 24x24 outputs x 10 channels x 25 MACs x 2 = 2.3 MFLOP forward
     assert one["flops"] > 2 * 16 * 24 * 24 * 10 * 25 and one["bytes"] > 0
+
+
+def write_trace(directory, events):
+    import gzip
+    import json
+
+    directory.mkdir(parents=True)
+    with gzip.open(directory / "host.trace.json.gz", "wt") as fh:
+        json.dump({"traceEvents": events}, fh)
+
+
+def test_kernel_stats_count_device_kernels_only(tmp_path):
+    """Per step: the device's kernels and their busy time; host events, runtime
+    bookkeeping and Python frames do not count."""
+    meta = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
+    ]
+    steps = 2
+    calls = profiling.TRACED_CALLS
+    kernels = [
+        {"ph": "X", "pid": 7, "name": name, "dur": dur}
+        for _ in range(steps * calls)
+        for name, dur in (("gemm", 30.0), ("loop_fusion", 10.0), ("Memset", 2.0))
+    ]
+    noise = [
+        {"ph": "X", "pid": 1, "name": "wrapped_fusion", "dur": 500.0},  # a host event
+        {"ph": "X", "pid": 7, "name": "$core.py:12 train_step", "dur": 900.0},
+        {"ph": "i", "pid": 7, "name": "gemm"},  # not a complete event
+    ]
+    write_trace(tmp_path / "gpu", meta + kernels + noise)
+    stats = profiling.kernel_stats(tmp_path / "gpu", steps)
+    assert stats["kernels_per_step"] == 3
+    assert abs(stats["busy_ms_per_step"] - 0.042) < 1e-12
+    assert profiling.top_ops(tmp_path / "gpu", limit=1) == [
+        ("gemm", 30.0 * steps * calls / 1000, 6)
+    ]
+    # on a CPU (no device process) XLA's ops are host events; its thread-pool
+    # records and op-end markers are not ops
+    cpu_events = [
+        {"ph": "X", "pid": 1, "name": name, "dur": 5.0}
+        for name in ["dot.3", "end: dot.3", "ThreadpoolListener::Record", "Wait for usage holds"]
+    ]
+    write_trace(tmp_path / "cpu", meta[:1] + cpu_events)
+    assert profiling.kernel_stats(tmp_path / "cpu", steps=1)["kernels_per_step"] == 1 / calls
