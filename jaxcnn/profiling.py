@@ -103,7 +103,8 @@ def cost(fn, *args) -> dict[str, float]:
 
 
 def _op_events(logdir: str | Path) -> list[tuple[str, float]]:
-    """(name, milliseconds) of every device kernel in the newest trace under ``logdir``.
+    """(name, milliseconds) of every kernel in the newest trace under ``logdir``: the
+    device's kernels (memcpy and memset too) on a GPU, XLA's ops on a CPU.
 
     Reads the Perfetto JSON that ``profile_steps`` asks for, skipping the Python
     and runtime bookkeeping around the kernels.
