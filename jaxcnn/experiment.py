@@ -202,7 +202,7 @@ def train_and_evaluate(
     ckpts.close()
     if profile_dir is not None:
         trace_dir = profiling.profile_steps(program, state, images, labels, profile_dir)
-        stats = profiling.kernel_stats(trace_dir, profiling.TRACED_STEPS)
+        stats = profiling.kernel_stats(profiling.op_events(trace_dir), profiling.TRACED_STEPS)
         log(
             f"profile of {profiling.TRACED_STEPS} steady-state steps in {trace_dir} "
             f"(Perfetto/TensorBoard): {stats['kernels_per_step']:.0f} kernels per step, "

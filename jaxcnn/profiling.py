@@ -102,7 +102,7 @@ def cost(fn, *args) -> dict[str, float]:
     }
 
 
-def _op_events(logdir: str | Path) -> list[tuple[str, float]]:
+def op_events(logdir: str | Path) -> list[tuple[str, float]]:
     """(name, milliseconds) of every kernel in the newest trace under ``logdir``: the
     device's kernels (memcpy and memset too) on a GPU, XLA's ops on a CPU.
 
@@ -139,25 +139,25 @@ def _op_events(logdir: str | Path) -> list[tuple[str, float]]:
     return out
 
 
-def top_ops(logdir: str | Path, limit: int = 12) -> list[tuple[str, float, int]]:
-    """(name, total milliseconds, count) of the longest ops/kernels in the newest trace."""
+def top_ops(events: list[tuple[str, float]], limit: int = 12) -> list[tuple[str, float, int]]:
+    """(name, total milliseconds, count) of the longest kernels among ``op_events``."""
     totals: Counter = Counter()
     counts: Counter = Counter()
-    for name, ms in _op_events(logdir):
+    for name, ms in events:
         totals[name] += ms
         counts[name] += 1
     return [(name, ms, counts[name]) for name, ms in totals.most_common(limit)]
 
 
-def kernel_stats(logdir: str | Path, steps: int) -> dict[str, float]:
-    """Kernels launched and device-busy milliseconds per training step in the newest
-    trace of ``steps`` steps (``profile_steps`` traces ``TRACED_CALLS`` calls of them).
+def kernel_stats(events: list[tuple[str, float]], steps: int) -> dict[str, float]:
+    """Kernels launched and device-busy milliseconds per training step, from the
+    ``op_events`` of a trace of ``steps`` steps (``profile_steps`` traces
+    ``TRACED_CALLS`` calls of them).
 
     At the seeds' batch sizes a step is hundreds of kernels of a few microseconds
     each: their number, and the gaps between them (step time minus busy time),
     are what set the time, more than any one kernel.
     """
-    events = _op_events(logdir)
     total = steps * TRACED_CALLS
     return {
         "kernels_per_step": len(events) / total,

@@ -55,6 +55,7 @@ def main() -> None:
         step_s = statistics.median(profiling.time_steps(fn, state, images, labels, args.steps))
         traces = Path(f"{out}_traces") / name
         profiling.profile_steps(program, state, images, labels, traces)
+        events = profiling.op_events(traces)  # the trace is read once
         row = {
             "model": name,
             "batch_size": config.batch_size,
@@ -64,8 +65,8 @@ def main() -> None:
             "mb_per_step": flops["bytes"] / 1e6,
             "achieved_tflops": flops["flops"] / step_s / 1e12,
             "achieved_tb_s": flops["bytes"] / step_s / 1e12,
-            "top_ops": profiling.top_ops(traces),
-            **profiling.kernel_stats(traces, profiling.TRACED_STEPS),
+            "top_ops": profiling.top_ops(events),
+            **profiling.kernel_stats(events, profiling.TRACED_STEPS),
         }
         if peak:
             row["fp32_peak_fraction"] = row["achieved_tflops"] / peak["fp32_tflops"]

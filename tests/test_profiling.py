@@ -18,9 +18,10 @@ def test_profile_and_hlo_dump(tmp_path):
         hlo_dir=tmp_path / "hlo",
     )
     assert list((tmp_path / "trace").rglob("*.trace.json.gz")), "no Perfetto trace written"
-    ops = profiling.top_ops(tmp_path / "trace")
+    events = profiling.op_events(tmp_path / "trace")
+    ops = profiling.top_ops(events)
     assert ops and all(ms >= 0 and count > 0 for _, ms, count in ops)
-    stats = profiling.kernel_stats(tmp_path / "trace", steps=10)
+    stats = profiling.kernel_stats(events, steps=10)
     assert stats["kernels_per_step"] >= 5 and stats["busy_ms_per_step"] > 0
     hlo = (tmp_path / "hlo" / "basic_cnn_epoch.hlo.txt").read_text()
     # the epoch's loop, and the model's convolutions as the chosen algorithm compiles them
@@ -69,12 +70,11 @@ def test_kernel_stats_count_device_kernels_only(tmp_path):
         {"ph": "i", "pid": 7, "name": "gemm"},  # not a complete event
     ]
     write_trace(tmp_path / "gpu", meta + kernels + noise)
-    stats = profiling.kernel_stats(tmp_path / "gpu", steps)
+    events = profiling.op_events(tmp_path / "gpu")
+    stats = profiling.kernel_stats(events, steps)
     assert stats["kernels_per_step"] == 3
     assert abs(stats["busy_ms_per_step"] - 0.042) < 1e-12
-    assert profiling.top_ops(tmp_path / "gpu", limit=1) == [
-        ("gemm", 30.0 * steps * calls / 1000, 6)
-    ]
+    assert profiling.top_ops(events, limit=1) == [("gemm", 30.0 * steps * calls / 1000, 6)]
     # on a CPU (no device process) XLA's ops are host events; its thread-pool
     # records and op-end markers are not ops
     cpu_events = [
@@ -82,4 +82,5 @@ def test_kernel_stats_count_device_kernels_only(tmp_path):
         for name in ["dot.3", "end: dot.3", "ThreadpoolListener::Record", "Wait for usage holds"]
     ]
     write_trace(tmp_path / "cpu", meta[:1] + cpu_events)
-    assert profiling.kernel_stats(tmp_path / "cpu", steps=1)["kernels_per_step"] == 1 / calls
+    cpu = profiling.kernel_stats(profiling.op_events(tmp_path / "cpu"), steps=1)
+    assert cpu["kernels_per_step"] == 1 / calls
