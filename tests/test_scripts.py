@@ -28,8 +28,8 @@ def test_compilation_cache_keeps_the_small_init_programs(tmp_path):
     """The CLI's cache holds the ~40 ms compiles of a model's eager init ops.
 
     Under a threshold like JAX's default (1 s; this test failed with 0.5 s) none
-    of them is written, and every run pays
-    for them again (about 4 s of an inception run's start on a 2-core CPU).
+    of them is written, and every run pays for them again (about 4 s of an
+    inception run's start on a 2-core CPU).
     """
     code = (
         "from jaxcnn.cli import enable_compilation_cache; enable_compilation_cache(); "
