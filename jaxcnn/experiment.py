@@ -115,9 +115,16 @@ def train_and_evaluate(
         program, state = train.create_program(config, init_model)
         # Data first: a run that cannot start leaves no half-made workdir behind.
         train_split, test_split = load_data(config, program.input_shape)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ckpts = Checkpoints(workdir)
     with parallel.all_or_none():  # processes that see the workdir differently all stop
+        # The output folders before any epoch: a bad --profile or --dump-hlo path
+        # would otherwise fail only after training, before summary.json is written.
+        # Every process traces its own steps; process 0 alone dumps HLO.
+        if profile_dir is not None:
+            report.ensure_dir(profile_dir, "--profile folder")
+        if hlo_dir is not None and primary:
+            report.ensure_dir(hlo_dir, "--dump-hlo folder")
+        report.ensure_dir(workdir, "workdir")
+        ckpts = Checkpoints(workdir)
         _check_workdir(workdir, config, resume, ckpts)
     start_epoch = 0
     if resume and ckpts.latest_epoch() is not None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.errors import UserError
+
 
 def environment() -> dict[str, str]:
     """Device and library versions, for summary.json and benchmark headers."""
@@ -48,6 +50,25 @@ def _nvidia_driver() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else "unknown"
+
+
+def ensure_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a folder this process can write into, made if missing.
+
+    Called before the work whose results go there, so a mistyped ``--workdir``,
+    ``--out`` or ``--profile`` costs a line, not a finished run's outputs.
+
+    Raises:
+        UserError: naming ``what`` and the path, when it cannot be made or written.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the {what} '{path}': {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into the {what} '{path}': permission denied")
+    return path
 
 
 def write_atomic(path: Path, text: str) -> None:

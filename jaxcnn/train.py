@@ -95,6 +95,8 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
     for name in ("epochs", "batch_size", "eval_batch_size", "devices", "unroll"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.train_limit is not None and config.train_limit < 1:
+        raise UserError("--train-limit must be at least 1")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise UserError(f"--lr must be a positive number, got {config.lr}")
     if config.momentum < 0:

@@ -60,6 +60,8 @@ def main() -> None:
         models.get_spec(name)
     if args.epochs < 1:
         raise UserError("--epochs must be at least 1")
+    if args.train_limit is not None and args.train_limit < 1:
+        raise UserError("--train-limit must be at least 1")
     variants = {} if args.no_variants else dict(bench.DEFAULT_VARIANTS)
     variants.update(bench.parse_variant(v) for v in args.variant)
     batch_sizes = []
@@ -72,10 +74,10 @@ def main() -> None:
     json_path = out.with_suffix(".json")
     if json_path.exists() and not args.keep:
         raise UserError(f"'{json_path}' exists; pass --keep to continue it or choose another --out")
+    report.ensure_dir(out.parent, "--out folder")
     tr = data.load("fashion_mnist", "train", args.data_dir)
     te = data.load("fashion_mnist", "test", args.data_dir)
     arrays = bench.arrays(tr, te, args.train_limit)
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     env = report.environment()
     try:

@@ -44,11 +44,17 @@ def main() -> None:
     import torch
 
     from jaxcnn import data, experiment, models, report, train
+    from jaxcnn.errors import UserError
     from parity.reference_train import torchvision_root, train_resident, train_seed_loop
 
+    for name in args.models:
+        models.get_spec(name)  # an unknown name stops here, before any training
+    for flag in ("epochs", "train_limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    report.ensure_dir(out.parent, "--out folder")
     results = {"environment": {**report.environment(), "torch": torch.__version__}, "runs": []}
     tr = data.load("fashion_mnist", "train", args.data_dir)
     te = data.load("fashion_mnist", "test", args.data_dir)
@@ -57,8 +63,6 @@ def main() -> None:
     def save():
         out.with_suffix(".json").write_text(json.dumps(results, indent=2))
 
-    for name in args.models:
-        models.get_spec(name)  # an unknown name stops here, before any training
     dtypes = {"jaxcnn": "float32", **({"jaxcnn bf16": "bfloat16"} if args.bf16 else {})}
     for name in args.models:
         for seed in args.seeds:

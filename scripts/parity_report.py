@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from pathlib import Path
 
 import jax
 import numpy as np
 import torch
 
-from jaxcnn import models
+from jaxcnn import models, report
+from jaxcnn.cli import run_main
 from parity.harness import (
     TORCH_DEVICE,
     as_jax,
@@ -56,6 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
+    if args.json:  # checked first: the report takes a while to compute
+        report.ensure_dir(Path(args.json).absolute().parent, "--json folder")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
     results = {
         "device": device or platform.machine(),
@@ -90,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

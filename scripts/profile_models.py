@@ -35,11 +35,16 @@ def main() -> None:
     import numpy as np
 
     from jaxcnn import models, profiling, report, train
+    from jaxcnn.errors import UserError
 
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    for name in args.models:  # every name and flag checked before the first model runs
+        train.get_config(name, "fashion_mnist", **impl_overrides(args))
     env = report.environment()
     peak = next((v for k, v in profiling.PEAKS.items() if k in env["device"]), None)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    report.ensure_dir(out.parent, "--out folder")
     rows = []
     for name in args.models:
         config = train.get_config(name, "fashion_mnist", **impl_overrides(args))

@@ -42,3 +42,30 @@ def test_compilation_cache_keeps_the_small_init_programs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     entries = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("jit_")]
     assert len(entries) >= 3, sorted(p.name for p in (tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("profile_models.py", ["--models", "mlp", "--steps", "0"], "--steps must be at least 1"),
+        ("profile_models.py", ["--models", "mlp", "vgg"], "unknown model 'vgg'"),
+        (
+            "profile_models.py",
+            ["--models", "mlp", "--out", "{blocker}/p"],
+            "cannot create the --out",
+        ),
+        ("bench.py", ["--models", "mlp", "--train-limit", "0"], "--train-limit must be at least 1"),
+    ],
+)
+def test_script_errors_are_one_line_before_any_work(script, args, message, tmp_path):
+    """Each used to end in a traceback (ZeroDivisionError, FileNotFoundError) or,
+    for bench's --train-limit 0, to run on all the data."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    args = [a.format(blocker=blocker) for a in args]
+    if "--out" not in args:  # a regression must not write into the repository's results/
+        args += ["--out", str(tmp_path / "out")]
+    out = run_script(script, *args, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("error: ") and message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

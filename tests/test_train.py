@@ -178,6 +178,10 @@ def test_real_fashion_mnist_cli_train_then_evaluate(tmp_path):
         ),
         (["--model", "basic_cnn", "--dataset", "mnist", "--lr", "-1"], "--lr must be a positive"),
         (
+            ["--model", "basic_cnn", "--dataset", "mnist", "--train-limit", "0"],
+            "--train-limit must be at least 1",
+        ),
+        (
             ["--model", "basic_cnn", "--dataset", "mnist", "--xla-option", "xla_no_such=1"],
             "--xla-option: No such compile option: 'xla_no_such'",
         ),
@@ -193,6 +197,37 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("error: ") and message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_output_folders_that_cannot_be_made_stop_before_any_work(idx_dir, tmp_path):
+    """A --workdir, --profile or --dump-hlo under a regular file is one line and exit 2,
+    before anything is written. --profile used to fail only after the last epoch,
+    with a traceback and no summary.json."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = run_script(
+        "train.py", "--model", "basic_cnn", "--dataset", "mnist", "--data-dir", str(idx_dir),
+        "--workdir", str(blocker / "w"), timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        out.stderr.strip() == f"error: cannot create the workdir '{blocker / 'w'}': Not a directory"
+    )
+    config = small_config(idx_dir, epochs=1)
+    workdir = tmp_path / "w"
+    for flag, kw in (("--profile", "profile_dir"), ("--dump-hlo", "hlo_dir")):
+        with pytest.raises(UserError, match=f"cannot create the {flag} folder"):
+            experiment.train_and_evaluate(config, workdir, progress=False, **{kw: blocker / "sub"})
+        assert not workdir.exists()
+
+
+def test_ensure_dir_says_when_a_folder_is_not_writable(tmp_path, monkeypatch):
+    from jaxcnn import report
+
+    assert report.ensure_dir(tmp_path / "a" / "b", "x").is_dir()
+    monkeypatch.setattr(report.os, "access", lambda path, mode: False)  # root can write anywhere
+    with pytest.raises(UserError, match="cannot write into the --out folder .*permission denied"):
+        report.ensure_dir(tmp_path, "--out folder")
 
 
 def test_xla_options_reach_the_training_and_eval_programs(tmp_path):
