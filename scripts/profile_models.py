@@ -23,7 +23,11 @@ from jaxcnn.cli import add_impl_flags, enable_compilation_cache, impl_overrides,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--models", nargs="+", default=["mnist_cnn", "basic_cnn", "inception", "resnet"]
+        "--models",
+        "--model",  # the spelling, `profile.py --model M`
+        nargs="+",
+        default=["mnist_cnn", "basic_cnn", "inception", "resnet"],
+        help="models to profile (default: mnist_cnn basic_cnn inception resnet)",
     )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", default="results/profile")

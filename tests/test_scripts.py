@@ -48,7 +48,7 @@ def test_compilation_cache_keeps_the_small_init_programs(tmp_path):
     ("script", "args", "message"),
     [
         ("profile_models.py", ["--models", "mlp", "--steps", "0"], "--steps must be at least 1"),
-        ("profile_models.py", ["--models", "mlp", "vgg"], "unknown model 'vgg'"),
+        ("profile_models.py", ["--model", "mlp", "vgg"], "unknown model 'vgg'"),
         (
             "profile_models.py",
             ["--models", "mlp", "--out", "{blocker}/p"],
