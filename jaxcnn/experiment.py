@@ -210,10 +210,15 @@ def train_and_evaluate(
     if profile_dir is not None:
         trace_dir = profiling.profile_steps(program, state, images, labels, profile_dir)
         stats = profiling.kernel_stats(profiling.op_events(trace_dir), profiling.TRACED_STEPS)
+        counted = (
+            f"{stats['kernels_per_step']:.0f} kernels per step, "
+            f"{stats['busy_ms_per_step']:.3f} ms of them"
+            if stats["kernels_per_step"] is not None
+            else "no per-kernel events in it to count (this jax's CPU runtime records none)"
+        )
         log(
             f"profile of {profiling.TRACED_STEPS} steady-state steps in {trace_dir} "
-            f"(Perfetto/TensorBoard): {stats['kernels_per_step']:.0f} kernels per step, "
-            f"{stats['busy_ms_per_step']:.3f} ms of them"
+            f"(Perfetto/TensorBoard): {counted}"
         )
 
     summary = {

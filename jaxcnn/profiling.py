@@ -157,7 +157,13 @@ def kernel_stats(events: list[tuple[str, float]], steps: int) -> dict[str, float
     At the seeds' batch sizes a step is hundreds of kernels of a few microseconds
     each: their number, and the gaps between them (step time minus busy time),
     are what set the time, more than any one kernel.
+
+    No events at all means the trace has no per-op records (XLA:CPU in older
+    jax, e.g. 0.6, records only whole-program executions): both are then None,
+    not a count of zero.
     """
+    if not events:
+        return {"kernels_per_step": None, "busy_ms_per_step": None}
     total = steps * TRACED_CALLS
     return {
         "kernels_per_step": len(events) / total,

@@ -96,14 +96,16 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        top = r["top_ops"][0][0][:40] if r["top_ops"] else "-"
-        kernel_us = 1000 * r["busy_ms_per_step"] / max(r["kernels_per_step"], 1e-9)
-        busy = 100 * r["busy_ms_per_step"] / r["step_ms"]
+        top = f"`{r['top_ops'][0][0][:40]}`" if r["top_ops"] else "-"
+        kernels = "n/a | n/a | n/a"  # a trace without per-op events (older jax on a CPU)
+        if r["kernels_per_step"] is not None:
+            kernel_us = 1000 * r["busy_ms_per_step"] / r["kernels_per_step"]
+            busy = 100 * r["busy_ms_per_step"] / r["step_ms"]
+            kernels = f"{r['kernels_per_step']:.0f} | {kernel_us:.1f} | {busy:.0f}"
         lines.append(
             f"| `{r['model']}` | {r['batch_size']} | {r['step_ms']:.3f} | "
             f"{r['mflop_per_step']:.0f} | {r['mb_per_step']:.1f} | "
-            f"{r['achieved_tflops']:.2f} | {r['achieved_tb_s']:.3f} | "
-            f"{r['kernels_per_step']:.0f} | {kernel_us:.1f} | {busy:.0f} | `{top}` |"
+            f"{r['achieved_tflops']:.2f} | {r['achieved_tb_s']:.3f} | {kernels} | {top} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -84,3 +84,20 @@ def test_kernel_stats_count_device_kernels_only(tmp_path):
     write_trace(tmp_path / "cpu", meta[:1] + cpu_events)
     cpu = profiling.kernel_stats(profiling.op_events(tmp_path / "cpu"), steps=1)
     assert cpu["kernels_per_step"] == 1 / calls
+
+
+def test_a_trace_without_op_events_counts_nothing_rather_than_zero(tmp_path):
+    """jax 0.6's XLA:CPU records only whole-program executions: that is "no count"
+    (None, shown as n/a), not 0 kernels per step."""
+    meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}}]
+    runtime_only = [
+        {"ph": "X", "pid": 1, "name": name, "dur": 5.0}
+        for name in ["ThunkExecutor::Execute", "ThreadpoolListener::Record", "$core.py:1 f"]
+    ]
+    write_trace(tmp_path / "old", meta + runtime_only)
+    events = profiling.op_events(tmp_path / "old")
+    assert events == []
+    assert profiling.kernel_stats(events, steps=10) == {
+        "kernels_per_step": None,
+        "busy_ms_per_step": None,
+    }
