@@ -43,15 +43,16 @@ def main() -> None:
 
     if args.steps < 1:
         raise UserError("--steps must be at least 1")
-    for name in args.models:  # every name and flag checked before the first model runs
-        train.get_config(name, "fashion_mnist", **impl_overrides(args))
+    # every name and flag checked before the first model runs
+    configs = [
+        train.get_config(name, "fashion_mnist", **impl_overrides(args)) for name in args.models
+    ]
     env = report.environment()
     peak = next((v for k, v in profiling.PEAKS.items() if k in env["device"]), None)
     out = Path(args.out)
     report.ensure_dir(out.parent, "--out folder")
     rows = []
-    for name in args.models:
-        config = train.get_config(name, "fashion_mnist", **impl_overrides(args))
+    for name, config in zip(args.models, configs, strict=True):
         program, state = train.create_program(config)
         c = models.get_spec(name).input_shape[2]
         n = max(config.batch_size * args.steps, 1000)
