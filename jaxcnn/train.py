@@ -14,6 +14,7 @@ masks), so a resumed run replays exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -92,11 +93,10 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
         raise UserError(f"unknown dtype '{config.dtype}'; choose one of: {', '.join(DTYPES)}")
     if config.loss not in LOSSES:
         raise UserError(f"unknown loss '{config.loss}'; choose one of: {', '.join(LOSSES)}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "devices", "unroll"):
-        if getattr(config, name) < 1:
+    for name in ("epochs", "batch_size", "eval_batch_size", "devices", "unroll", "train_limit"):
+        value = getattr(config, name)
+        if value is not None and value < 1:  # train_limit None: all the data
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if config.train_limit is not None and config.train_limit < 1:
-        raise UserError("--train-limit must be at least 1")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise UserError(f"--lr must be a positive number, got {config.lr}")
     if config.momentum < 0:
@@ -123,6 +123,7 @@ def parse_xla_options(items: list[str]) -> tuple[tuple[str, Any], ...]:
     return tuple(options.items())
 
 
+@functools.cache  # get_config runs per model and variant; one compile per option set
 def check_xla_options(options: tuple[tuple[str, Any], ...]) -> None:
     """Compile a trivial program with ``options``, so a misspelt name or a bad value
     stops the run before it starts, in XLA's own words.

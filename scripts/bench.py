@@ -52,16 +52,12 @@ def main() -> None:
 
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave torch its share
     enable_compilation_cache()
-    from jaxcnn import data, models, report
+    from jaxcnn import data, models, report, train
     from jaxcnn.errors import UserError
     from parity import bench
 
-    for name in args.models:
-        models.get_spec(name)
-    if args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
-    if args.train_limit is not None and args.train_limit < 1:
-        raise UserError("--train-limit must be at least 1")
+    for name in args.models:  # names, --epochs and --train-limit, as the trainer checks them
+        train.get_config(name, "fashion_mnist", epochs=args.epochs, train_limit=args.train_limit)
     variants = {} if args.no_variants else dict(bench.DEFAULT_VARIANTS)
     variants.update(bench.parse_variant(v) for v in args.variant)
     batch_sizes = []

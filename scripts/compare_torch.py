@@ -43,15 +43,11 @@ def main() -> None:
     enable_compilation_cache()
     import torch
 
-    from jaxcnn import data, experiment, models, report, train
-    from jaxcnn.errors import UserError
+    from jaxcnn import data, experiment, report, train
     from parity.reference_train import torchvision_root, train_resident, train_seed_loop
 
-    for name in args.models:
-        models.get_spec(name)  # an unknown name stops here, before any training
-    for flag in ("epochs", "train_limit"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    for name in args.models:  # names, --epochs and --train-limit checked before any training
+        train.get_config(name, "fashion_mnist", epochs=args.epochs, train_limit=args.train_limit)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(args.out)
     report.ensure_dir(out.parent, "--out folder")
