@@ -198,10 +198,11 @@ def run_torch(arm: str, name: str, batch_size: int, epochs: int, arrays, raw_roo
     )
 
 
-def skip_reason(arm: str) -> str | None:
-    """Why ``arm`` cannot run on this machine, or None."""
+def skip_reason(arm: str, options: dict | None = None) -> str | None:
+    """Why ``arm`` (with a jaxcnn variant's ``options``) cannot run on this machine, or None."""
     if arm not in TORCH_ARMS:
-        return None
+        why = models.conv_unavailable((options or {}).get("conv", "auto"))
+        return f"skipped: {why}" if why else None
     try:
         import torch
     except ImportError:

@@ -28,7 +28,8 @@ def test_bench_script_end_to_end(tmp_path):
     args = [
         "--data-dir", str(data_dir), "--models", "mnist_cnn", "--batch-sizes", "seed", "64",
         "--epochs", "2", "--arms", "torch_eager", "torch_graph", "jaxcnn", "--no-variants",
-        "--variant", f"{other}:conv={other}", "--out", str(out),
+        "--variant", f"{other}:conv={other}", "--variant", "pallas:conv=pallas_wgrad",
+        "--out", str(out),
     ]  # fmt: skip
     result = run_script("bench.py", *args, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -37,7 +38,7 @@ def test_bench_script_end_to_end(tmp_path):
     assert set(by_key) == {
         (b, a)
         for b in (100, 64)
-        for a in ("torch_eager", "torch_graph", "jaxcnn", f"jaxcnn:{other}")
+        for a in ("torch_eager", "torch_graph", "jaxcnn", f"jaxcnn:{other}", "jaxcnn:pallas")
     }
     for batch in (100, 64):
         plain, variant = by_key[(batch, "jaxcnn")], by_key[(batch, f"jaxcnn:{other}")]
@@ -49,6 +50,9 @@ def test_bench_script_end_to_end(tmp_path):
         assert by_key[(batch, "torch_eager")]["status"] == "ok"
         graph = by_key[(batch, "torch_graph")]["status"]
         assert graph == "ok" if torch.cuda.is_available() else graph.startswith("skipped: CUDA")
+        pallas = by_key[(batch, "jaxcnn:pallas")]["status"]
+        on_gpu = jax.default_backend() == "gpu"
+        assert pallas == "ok" if on_gpu else pallas.startswith("skipped: conv algorithm 'pallas")
     table = out.with_suffix(".md").read_text()
     assert "| `mnist_cnn` | 100 | jaxcnn | " in table
     assert "targets are for an H100" in table or "target <= 0.09 s" in table

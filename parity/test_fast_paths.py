@@ -20,6 +20,10 @@ from parity.harness import (
 )
 from parity.test_grads import GRAD_RTOL
 from parity.tolerances import GRAD_ATOL, LOGITS_ATOL
+from tests.helpers import pallas_interpreted  # noqa: F401 (fixture)
+
+# conv="pallas_wgrad" off a GPU: its kernel in Pallas's interpreter
+pytestmark = pytest.mark.usefixtures("pallas_interpreted")
 
 # fuse changes only the models that have a fused form (InceptionA)
 CASES = [(name, "im2col") for name in models.MODELS] + [
@@ -28,6 +32,9 @@ CASES = [(name, "im2col") for name in models.MODELS] + [
     ("inception", "gemm_wgrad"),
     ("resnet", "gemm_wgrad"),
     ("convnet", "gemm_wgrad"),
+    ("inception", "pallas_wgrad"),
+    ("resnet", "pallas_wgrad"),
+    ("convnet", "pallas_wgrad"),
 ]
 
 

@@ -11,9 +11,10 @@ epoch with min-max, start-up seconds, final test accuracy and the ratio to
 jaxcnn. OUT.json is rewritten after every row, so a run cut off by a time limit
 keeps what it finished, and ``--keep`` continues it (rows already there are not
 run again). Writes OUT.md (table, and the issue's speed targets checked) and
-OUT.png (bar chart). Arms this machine cannot run (CUDA graphs without a GPU,
-the seeds' loop without torchvision) are listed as skipped. bfloat16 variants
-are reported as their own rows and never count towards the float32 targets.
+OUT.png (bar chart). Arms this machine cannot run (CUDA graphs or the Pallas
+kernel without a GPU, the seeds' loop without torchvision) are listed as
+skipped. bfloat16 variants are reported as their own rows and never count
+towards the float32 targets.
 """
 
 import argparse
@@ -118,13 +119,15 @@ def main() -> None:
                 if arm == "jaxcnn":
                     kept: list[dict] = []
                     for v, options in variants.items():
-                        if not bench.is_redundant(name, options, kept):
+                        if bench.skip_reason(arm, options):  # a row that says why
+                            jobs.append((name, value, f"jaxcnn:{v}", options))
+                        elif not bench.is_redundant(name, options, kept):
                             kept.append(options)
                             jobs.append((name, value, f"jaxcnn:{v}", options))
     for name, batch, arm, options in jobs:
         if (name, batch, arm) in done:
             continue
-        reason = bench.skip_reason(arm)
+        reason = bench.skip_reason(arm, options)
         if reason:
             row = bench.Row(name, batch, arm, status=reason)
         else:

@@ -1,7 +1,8 @@
 """The roofline view of each model's training step: FLOPs, bytes, time, top ops.
 
 python scripts/profile_models.py [--models mnist_cnn resnet] [--steps 50] [--out results/profile]
-    [--fuse] [--conv xla|im2col|gemm_wgrad] [--dtype bfloat16] [--xla-option xla_NAME=VALUE]
+    [--fuse] [--conv xla|im2col|gemm_wgrad|pallas_wgrad] [--dtype bfloat16]
+    [--xla-option xla_NAME=VALUE]
 
 For each model at its seed batch size: XLA's cost_analysis() of one step (FLOPs
 and bytes), the measured step time (median of 5 calls of a scanned run of
@@ -13,6 +14,7 @@ the traces under OUT_traces/.
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -59,7 +61,12 @@ def main() -> None:
         rng = np.random.default_rng(0)
         images = jax.device_put(rng.integers(0, 256, (n, 28, 28, c), np.uint8))
         labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
-        flops = profiling.cost(profiling.make_steps_fn(program, 1), state, images, labels)
+        count_fn = None
+        if config.conv == "pallas_wgrad":  # a GPU kernel: count the same math with XLA's convs
+            count_program, _ = train.create_program(dataclasses.replace(config, conv="xla"))
+            count_fn = profiling.make_steps_fn(count_program, 1)
+        step_fn = profiling.make_steps_fn(program, 1)
+        flops = profiling.cost(step_fn, state, images, labels, count_fn=count_fn)
         fn = profiling.make_steps_fn(program, args.steps)
         jax.block_until_ready(fn(state, images, labels))
         step_s = statistics.median(profiling.time_steps(fn, state, images, labels, args.steps))

@@ -7,12 +7,28 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jaxcnn import data
 
 ROOT = Path(__file__).resolve().parents[1]
 # Scripts run from the checkout, without the persistent cache (tests must not share state).
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_CACHE_DIR": "off"}
+
+
+@pytest.fixture
+def pallas_interpreted(monkeypatch):
+    """Off a GPU, ``conv="pallas_wgrad"`` runs its kernel in Pallas's interpreter.
+
+    The interpreter runs the same kernel program (indices, masks, loop) with XLA
+    ops; on a GPU the tests run the compiled Triton kernel instead.
+    """
+    import jax
+
+    from jaxcnn.models import pallas_wgrad
+
+    if jax.default_backend() != "gpu":
+        monkeypatch.setattr(pallas_wgrad, "INTERPRET", True)
 
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300):

@@ -39,6 +39,13 @@ def test_cost_analysis_counts_the_step():
     one = profiling.cost(profiling.make_steps_fn(program, 1), state, images, labels)
     # conv1 alone: 16 images x 24x24 outputs x 10 channels x 25 MACs x 2 = 2.3 MFLOP forward
     assert one["flops"] > 2 * 16 * 24 * 24 * 10 * 25 and one["bytes"] > 0
+    # count_fn (what profile_models counts for a Pallas GPU kernel) is counted instead,
+    # while the bytes stay the program's own: here, a sum's FLOPs for one step's bytes
+    just_a_sum = jax.jit(lambda state, images, labels: images.astype(np.float32).sum())
+    counted = profiling.cost(
+        profiling.make_steps_fn(program, 1), state, images, labels, count_fn=just_a_sum
+    )
+    assert 0 < counted["flops"] < one["flops"] / 100 and counted["bytes"] == one["bytes"]
 
 
 def write_trace(directory, events):

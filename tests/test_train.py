@@ -189,6 +189,11 @@ def test_real_fashion_mnist_cli_train_then_evaluate(tmp_path):
             ["--model", "basic_cnn", "--dataset", "mnist", "--init-from", "/no/such.pt"],
             "does not exist",
         ),
+        pytest.param(
+            ["--model", "basic_cnn", "--dataset", "mnist", "--conv", "pallas_wgrad"],
+            "'pallas_wgrad' is a GPU kernel and this backend is cpu; choose another --conv",
+            marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="runs on a GPU"),
+        ),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):

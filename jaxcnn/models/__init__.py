@@ -14,6 +14,7 @@ import jax
 from flax import nnx
 
 from jaxcnn.errors import UserError
+from jaxcnn.models import pallas_wgrad
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.convnet import ConvNet
 from jaxcnn.models.inception import Inception
@@ -176,13 +177,29 @@ def resolve_conv(conv: str) -> str:
     shows otherwise.
 
     Raises:
-        UserError: for a name that is neither ``"auto"`` nor one of ``CONV_IMPLS``.
+        UserError: for a name that is neither ``"auto"`` nor one of ``CONV_IMPLS``,
+            and for ``pallas_wgrad`` off a GPU (unless ``pallas_wgrad.INTERPRET``).
     """
     if conv == "auto":
         return "im2col" if jax.default_backend() == "cpu" else "xla"
     if conv not in CONV_IMPLS:
         raise UserError(f"unknown conv algorithm '{conv}'; choose one of: {', '.join(CONV_IMPLS)}")
+    why = conv_unavailable(conv)
+    if why:
+        raise UserError(f"{why}; choose another --conv")
     return conv
+
+
+def conv_unavailable(conv: str) -> str | None:
+    """Why algorithm ``conv`` cannot run on this backend, or None.
+
+    ``pallas_wgrad`` is a GPU kernel; elsewhere it runs only in Pallas's
+    interpreter, which is for tests (``pallas_wgrad.INTERPRET``).
+    """
+    backend = jax.default_backend()
+    if conv == "pallas_wgrad" and backend != "gpu" and not pallas_wgrad.INTERPRET:
+        return f"conv algorithm 'pallas_wgrad' is a GPU kernel and this backend is {backend}"
+    return None
 
 
 # The named non-default forms of ``set_impl``: each computes what the plain form
@@ -193,6 +210,7 @@ SPEED_OPTIONS = {
     "fused": {"fuse": True},
     "fused+im2col": {"fuse": True, "conv": "im2col"},
     "gemm_wgrad": {"conv": "gemm_wgrad"},
+    "pallas_wgrad": {"conv": "pallas_wgrad"},
 }
 
 
@@ -223,6 +241,7 @@ __all__ = [
     "SPEED_OPTIONS",
     "ModelSpec",
     "Recipe",
+    "conv_unavailable",
     "create",
     "get_spec",
     "param_count",

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen, nnx
 
 from jaxcnn.models.im2col import conv2d_gemm_wgrad, conv2d_im2col
+from jaxcnn.models.pallas_wgrad import conv2d_pallas_wgrad
 
 
 def torch_default_init(fan_in: int) -> nnx.Initializer:
@@ -34,7 +35,11 @@ def torch_default_init(fan_in: int) -> nnx.Initializer:
 
 
 # The custom-VJP algorithms by name; "xla" is nnx.Conv's own call.
-_CONV_FNS = {"im2col": conv2d_im2col, "gemm_wgrad": conv2d_gemm_wgrad}
+_CONV_FNS = {
+    "im2col": conv2d_im2col,
+    "gemm_wgrad": conv2d_gemm_wgrad,
+    "pallas_wgrad": conv2d_pallas_wgrad,
+}
 CONV_IMPLS = ("xla", *_CONV_FNS)
 
 
@@ -58,6 +63,10 @@ class Conv2d(nnx.Conv):
       gradient as im2col's GEMM
       (:func:`~jaxcnn.models.im2col.conv2d_gemm_wgrad`): for cuDNN, whose
       weight-gradient kernels were the slow ones on the H100.
+    * ``"pallas_wgrad"``: XLA's convolution and input gradient, the weight and
+      bias gradients in one Pallas kernel
+      (:func:`~jaxcnn.models.pallas_wgrad.conv2d_pallas_wgrad`): one launch
+      where cuDNN's path takes a memset, ``wgrad_alg0`` and a reduce. GPU only.
     """
 
     conv_impl: str = "xla"

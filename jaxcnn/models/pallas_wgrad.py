@@ -1,0 +1,174 @@
+"""A convolution whose weight and bias gradients are one Pallas (Triton) GPU kernel.
+
+Why: on the H100 (``results/profile.json``) the most expensive kernel of
+inception's and resnet's steps was cuDNN's legacy weight-gradient engine
+``wgrad_alg0``, and it comes with a ``Memset`` of its output; the bias
+gradient is a third launch, an XLA reduce. At the seeds' sizes a step is
+launch-bound, so :func:`conv2d_pallas_wgrad` keeps XLA's forward and
+data-gradient convolutions (cuDNN's are fine there) and computes dW and db
+together in one kernel that writes every output element (no memset), plus one
+small XLA sum over the kernel's split partials.
+
+The kernel is an implicit GEMM: program (tap, channel block, split) gathers,
+for its block of output pixels, the input pixels that tap reads (zero padding
+and strides are index arithmetic and masks, so no patch matrix and no padded
+copy of the input are written) and accumulates ``x_tap^T @ dy`` in float32.
+The splits divide the output pixels so that there are enough programs to fill
+the GPU; each writes its own partial, and the sum is deterministic (no atomics).
+
+Its float32 dot is full float32 (Pallas Triton's default for float32 inputs),
+where XLA's convolutions default to TF32 on a GPU; in bfloat16 it takes
+bfloat16 inputs and accumulates in float32.
+
+Off a GPU it runs only in Pallas's interpreter, which is slow and meant for
+tests: set :data:`INTERPRET` (``models.resolve_conv`` refuses the algorithm on
+a CPU otherwise).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from jaxcnn.models.im2col import _plain_conv
+
+# True: run the kernel in Pallas's interpreter on any backend (the CPU tests).
+# Read when a step is traced, so set it before the first call of a jitted function.
+INTERPRET = False
+
+# Launch shape. Not tuned on a GPU yet (the session that wrote this had none):
+# about two programs per H100 SM (132), channel blocks of at most 64 so that a
+# program's accumulator and gathered tiles stay in registers, and 4 warps.
+TARGET_PROGRAMS = 264
+MAX_CHANNEL_BLOCK = 64
+TILE_ELEMENTS = 4096  # pixels x channels of one gathered tile
+NUM_WARPS = 4
+NUM_STAGES = 2
+
+
+def conv2d_pallas_wgrad(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, stride: int = 1, padding: int = 0
+) -> jax.Array:
+    """``F.conv2d`` (NHWC, HWIO) with XLA's forward and data gradient, and dW, db from Pallas."""
+    dtype = x.dtype
+    bias = jnp.zeros((0,), dtype) if bias is None else bias.astype(dtype)
+    return _conv(x, kernel.astype(dtype), bias, stride, padding)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv(x, kernel, bias, stride, padding):
+    y = _plain_conv(x, kernel, stride, padding)
+    return y + bias if bias.size else y
+
+
+def _conv_fwd(x, kernel, bias, stride, padding):
+    return _conv(x, kernel, bias, stride, padding), (x, kernel, bias)
+
+
+def _conv_bwd(stride, padding, residuals, dy):
+    x, kernel, bias = residuals
+    conv_x = partial(_plain_conv, kernel=kernel, stride=stride, padding=padding)
+    (dx,) = jax.linear_transpose(conv_x, jax.ShapeDtypeStruct(x.shape, dy.dtype))(dy)
+    dw, db = weight_and_bias_grad(x, dy, kernel.shape[:2], stride, padding)
+    db = db.astype(bias.dtype) if bias.size else jnp.zeros_like(bias)
+    return dx, dw.astype(kernel.dtype), db
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    """The next power of two >= n, at least ``least``: Triton's tiles and dots need it."""
+    return max(least, 1 << (n - 1).bit_length())
+
+
+def launch_shape(x_shape, dy_shape, taps: int) -> dict:
+    """Block sizes and grid for one convolution's gradient (all static Python ints)."""
+    n, _, _, cin = x_shape
+    _, oh, ow, cout = dy_shape
+    cin_pad, cout_pad = _pow2(cin), _pow2(cout)
+    cin_block, cout_block = min(cin_pad, MAX_CHANNEL_BLOCK), min(cout_pad, MAX_CHANNEL_BLOCK)
+    channel_blocks = (cin_pad // cin_block) * (cout_pad // cout_block)
+    pixel_block = max(16, min(128, TILE_ELEMENTS // max(cin_block, cout_block)))
+    pixel_blocks = -(-(n * oh * ow) // pixel_block)
+    splits = max(1, min(pixel_blocks, -(-TARGET_PROGRAMS // (taps * channel_blocks))))
+    return dict(
+        cin_pad=cin_pad,
+        cout_pad=cout_pad,
+        cin_block=cin_block,
+        cout_block=cout_block,
+        pixel_block=pixel_block,
+        splits=splits,
+        iterations=-(-pixel_blocks // splits),
+        grid=(taps, channel_blocks, splits),
+    )
+
+
+def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int):
+    """dW [kh,kw,C_in,C_out] and db [C_out] of ``conv(x) + b`` given dy, as float32."""
+    n, h, w, cin = x.shape
+    _, oh, ow, cout = dy.shape
+    kh, kw = kernel_hw
+    taps = kh * kw
+    s = launch_shape(x.shape, dy.shape, taps)
+    bc, bo, bp = s["cin_block"], s["cout_block"], s["pixel_block"]
+    splits, pixels = s["splits"], n * oh * ow
+    cout_blocks = s["cout_pad"] // bo
+
+    def kernel(x_ref, dy_ref, dw_ref, db_ref):
+        tap, block, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+        i, j = tap // kw, tap % kw
+        ci = (block // cout_blocks) * bc + jnp.arange(bc)
+        co = (block % cout_blocks) * bo + jnp.arange(bo)
+        ci_ok, co_ok = ci < cin, co < cout
+
+        def accumulate(k, carry):
+            acc, bacc = carry
+            p = (split + k * splits) * bp + jnp.arange(bp)  # output pixels (n, h', w')
+            p_ok = p < pixels
+            img, rest = p // (oh * ow), p % (oh * ow)
+            hi = (rest // ow) * stride + i - padding
+            wi = (rest % ow) * stride + j - padding
+            inside = p_ok & (hi >= 0) & (hi < h) & (wi >= 0) & (wi < w)  # else: padding
+            row = jnp.where(inside, (img * h + hi) * w + wi, 0)
+            xs = pltriton.load(
+                x_ref.at[row[:, None] * cin + ci[None, :]],
+                mask=inside[:, None] & ci_ok[None, :],
+                other=0,
+            )
+            dys = pltriton.load(
+                dy_ref.at[jnp.where(p_ok, p, 0)[:, None] * cout + co[None, :]],
+                mask=p_ok[:, None] & co_ok[None, :],
+                other=0,
+            )
+            contract_pixels = (((0,), (0,)), ((), ()))
+            acc += lax.dot_general(xs, dys, contract_pixels, preferred_element_type=jnp.float32)
+            return acc, bacc + jnp.sum(dys.astype(jnp.float32), axis=0)
+
+        init = (jnp.zeros((bc, bo), jnp.float32), jnp.zeros((bo,), jnp.float32))
+        acc, bacc = lax.fori_loop(0, s["iterations"], accumulate, init)
+        cb, ob = block // cout_blocks, block % cout_blocks
+        dw_ref[split, tap, pl.ds(cb * bc, bc), pl.ds(ob * bo, bo)] = acc
+
+        @pl.when((tap == 0) & (cb == 0))  # one program per (split, C_out block) writes db
+        def _():
+            db_ref[split, pl.ds(ob * bo, bo)] = bacc
+
+    dw_parts, db_parts = pl.pallas_call(
+        kernel,
+        out_shape=(
+            jax.ShapeDtypeStruct((splits, taps, s["cin_pad"], s["cout_pad"]), jnp.float32),
+            jax.ShapeDtypeStruct((splits, s["cout_pad"]), jnp.float32),
+        ),
+        grid=s["grid"],
+        interpret=INTERPRET,
+        compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+        name="conv_wgrad",
+    )(x.reshape(-1), dy.reshape(-1))
+    dw = dw_parts[:, :, :cin, :cout].sum(0).reshape(kh, kw, cin, cout)
+    return dw, db_parts[:, :cout].sum(0)
