@@ -180,26 +180,32 @@ def conv2d_gemm_wgrad(
     return y if bias is None else y + bias.astype(y.dtype)
 
 
-def _plain_conv(x, kernel, stride, padding):
+def plain_conv(x, kernel, stride, padding):
+    """XLA's convolution as ``nnx.Conv`` calls it (a plain function, for custom VJPs)."""
     pad = [(padding, padding), (padding, padding)]
     dims = ("NHWC", "HWIO", "NHWC")
     return lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=dims)
 
 
+def plain_input_grad(dy, x_shape, kernel, stride, padding):
+    """XLA's own data gradient: the conv is linear in x, and this is its transpose."""
+    conv_x = partial(plain_conv, kernel=kernel, stride=stride, padding=padding)
+    (dx,) = jax.linear_transpose(conv_x, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dy)
+    return dx
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    return _plain_conv(x, kernel, stride, padding)
+    return plain_conv(x, kernel, stride, padding)
 
 
 def _xla_conv_fwd(x, kernel, stride, padding):
-    return _plain_conv(x, kernel, stride, padding), (x, kernel)
+    return plain_conv(x, kernel, stride, padding), (x, kernel)
 
 
 def _xla_conv_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
-    # The conv is linear in x: its transpose is XLA's own data gradient.
-    conv_x = partial(_plain_conv, kernel=kernel, stride=stride, padding=padding)
-    (dx,) = jax.linear_transpose(conv_x, jax.ShapeDtypeStruct(x.shape, dy.dtype))(dy)
+    dx = plain_input_grad(dy, x.shape, kernel, stride, padding)
     kh, kw = kernel.shape[:2]
     return dx, _weight_grad(patches(pad_hw(x, padding), kh, kw, stride), dy, kernel.shape)
 

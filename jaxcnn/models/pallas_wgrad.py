@@ -35,7 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jaxcnn.models.im2col import _plain_conv
+from jaxcnn.models.im2col import plain_conv, plain_input_grad
 
 # True: run the kernel in Pallas's interpreter on any backend (the CPU tests).
 # Read when a step is traced, so set it before the first call of a jitted function.
@@ -62,7 +62,7 @@ def conv2d_pallas_wgrad(
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _conv(x, kernel, bias, stride, padding):
-    y = _plain_conv(x, kernel, stride, padding)
+    y = plain_conv(x, kernel, stride, padding)
     return y + bias if bias.size else y
 
 
@@ -72,8 +72,7 @@ def _conv_fwd(x, kernel, bias, stride, padding):
 
 def _conv_bwd(stride, padding, residuals, dy):
     x, kernel, bias = residuals
-    conv_x = partial(_plain_conv, kernel=kernel, stride=stride, padding=padding)
-    (dx,) = jax.linear_transpose(conv_x, jax.ShapeDtypeStruct(x.shape, dy.dtype))(dy)
+    dx = plain_input_grad(dy, x.shape, kernel, stride, padding)
     dw, db = weight_and_bias_grad(x, dy, kernel.shape[:2], stride, padding)
     db = db.astype(bias.dtype) if bias.size else jnp.zeros_like(bias)
     return dx, dw.astype(kernel.dtype), db
