@@ -186,10 +186,13 @@ def train_and_evaluate(
             "seconds": seconds,
             "images_per_second": len(labels) / seconds,
         }
-        ckpts.save(epoch, state)
+        # The metrics row before the checkpoint: a kill between the two then costs a
+        # re-run of the epoch (resume drops rows past the last checkpoint), where the
+        # other order left a checkpoint whose row was never written (seen under load).
         rows.append(row)
         if primary:
             report.write_metrics(metrics_path, rows)
+        ckpts.save(epoch, state)
         line = (
             f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, test accuracy "
             f"{100 * accuracy:.2f}%, {seconds:.2f}s ({row['images_per_second']:,.0f} img/s)"

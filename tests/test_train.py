@@ -106,6 +106,31 @@ def test_resume_after_sigkill_matches_uninterrupted(idx_dir, tmp_path):
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
 
 
+def test_a_kill_right_after_a_checkpoint_loses_no_metrics_row(idx_dir, tmp_path, monkeypatch):
+    """Killed the moment epoch 2's checkpoint is on disk, then resumed: rows 1, 2, 3.
+
+    The checkpoint used to be written before the epoch's metrics row; a kill
+    between the two (the SIGKILL test above once landed there under load) left
+    epoch 2 resumable but its row gone for good.
+    """
+    save = Checkpoints.save
+
+    def save_then_die(self, epoch, state):
+        save(self, epoch, state)
+        if epoch == 2:
+            raise KeyboardInterrupt("killed after the checkpoint")
+
+    config = small_config(idx_dir, epochs=3)
+    monkeypatch.setattr(Checkpoints, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.train_and_evaluate(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(Checkpoints, "save", save)
+    assert Checkpoints(tmp_path / "run").latest_epoch() == 2
+    experiment.train_and_evaluate(config, tmp_path / "run", progress=False, resume=True)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(idx_dir, tmp_path):
     config = small_config(idx_dir, lr=1e30, epochs=3)
     with pytest.raises(experiment.NonFiniteLossError, match="loss became .* last good one"):
