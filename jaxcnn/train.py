@@ -102,10 +102,6 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
     if config.momentum < 0:
         raise UserError(f"--momentum must be >= 0, got {config.momentum}")
     parallel.check_batch_size(config.batch_size, config.devices)
-    if config.conv == "pallas_wgrad" and config.devices > 1:
-        # XLA's partitioner has no rule for the kernel's custom call; until it runs
-        # under shard_map and is checked on GPUs, it is single-device only
-        raise UserError("--conv pallas_wgrad runs on one device; drop --devices or choose another")
     check_xla_options(config.xla_options)
     return config
 
@@ -234,7 +230,8 @@ def train_step(
     def loss_fn(params):
         return seed_loss(program.apply(params, images, key), labels, program.config.loss)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    with parallel.tracing_over(program.mesh):  # for the Pallas kernels' shard_map
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = program.tx.update(grads, state.opt_state, state.params)
     return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 

@@ -138,12 +138,6 @@ def test_an_epoch_trains_as_with_xla_convolutions():
     np.testing.assert_allclose(losses["pallas_wgrad"], losses["xla"], rtol=1e-5)
 
 
-@pytest.mark.usefixtures("pallas_interpreted")
-def test_data_parallel_runs_are_refused():
-    with pytest.raises(UserError, match="--conv pallas_wgrad runs on one device"):
-        train.get_config("resnet", "fashion_mnist", conv="pallas_wgrad", devices=2)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["mnist_cnn", "inception", "resnet", "convnet"])
 def test_training_step_lowers_for_cuda_with_triton_kernels(name, dtype, monkeypatch):

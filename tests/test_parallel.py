@@ -18,11 +18,13 @@ from pathlib import Path
 import jax
 import numpy as np
 from jaxcnn import experiment, train
+from jaxcnn.models import pallas_wgrad
 from tests.helpers import make_idx_dir
+pallas_wgrad.INTERPRET = True  # a CPU: the Pallas kernel in its interpreter, under shard_map
 root = Path(sys.argv[1]); make_idx_dir(root, n=256, learnable=True)
 SGD = dict(optimizer="sgd", lr=0.01, momentum=0.5)  # why: see test_four_devices_match_one
 out = {"devices": jax.device_count()}
-for conv in ("xla", "im2col"):
+for conv in ("xla", "im2col", "pallas_wgrad"):
     for n in (1, 4):
         cfg = train.get_config(
             "convnet", "mnist", epochs=2, batch_size=32, data_dir=str(root), devices=n,
@@ -38,6 +40,16 @@ for conv in ("xla", "im2col"):
             state, step_losses = epoch_fn(state, split.images, split.labels, epoch)
             losses += np.asarray(step_losses).tolist()
         out[f"{conv}{n}"] = losses
+# 250 images: the final batch of 26 does not split over 4 devices (computed whole on each)
+for n in (1, 4):
+    cfg = train.get_config(
+        "convnet", "mnist", epochs=1, batch_size=32, data_dir=str(root), devices=n,
+        conv="pallas_wgrad", train_limit=250, **SGD,
+    )
+    program, state = train.create_program(cfg)
+    split, _ = experiment.load_data(cfg, program.input_shape)
+    _, step_losses = train.make_epoch_fn(program)(state, split.images, split.labels, 1)
+    out[f"partial{n}"] = np.asarray(step_losses).tolist()
 # The whole run (placement, evaluation, checkpoints) on 4 devices, once.
 cfg = train.get_config(
     "convnet", "mnist", epochs=2, batch_size=32, data_dir=str(root), devices=4, **SGD
@@ -75,12 +87,15 @@ def test_four_devices_match_one(tmp_path):
     # (Adam's per-parameter scaling amplifies it where gradients are tiny), while
     # under this SGD it stays at 1 ULP (2.4e-7) and a 25% gradient error shows
     # as 3e-4 or more from step 2 on.
-    for conv in ("xla", "im2col"):
+    # pallas_wgrad: its kernel runs per device on a quarter of the batch (shard_map)
+    for conv in ("xla", "im2col", "pallas_wgrad"):
         assert out[f"allreduce4{conv}"], "4 devices must all-reduce gradients"
         assert not out[f"allreduce1{conv}"]
         one, four = out[f"{conv}1"], out[f"{conv}4"]
         assert len(one) == len(four) == 16
         assert all(_close(a, b) for a, b in zip(one, four, strict=True)), (conv, one, four)
+    assert len(out["partial1"]) == len(out["partial4"]) == 8  # 7 full batches and 26 images
+    assert all(_close(a, b) for a, b in zip(out["partial1"], out["partial4"], strict=True))
     assert out["run4_conv"] == "im2col"  # the CPU default
     one = out["im2col1"]
     epoch_means = [sum(one[:8]) / 8, sum(one[8:]) / 8]

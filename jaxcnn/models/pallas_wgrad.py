@@ -20,6 +20,9 @@ Its float32 dot is full float32 (Pallas Triton's default for float32 inputs),
 where XLA's convolutions default to TF32 on a GPU; in bfloat16 it takes
 bfloat16 inputs and accumulates in float32.
 
+XLA's partitioner cannot split a custom kernel over devices, so under
+``--devices`` it runs per device in ``shard_map`` (``parallel.batch_sum``).
+
 Off a GPU it runs only in Pallas's interpreter, which is slow and meant for
 tests: set :data:`INTERPRET` (``models.resolve_conv`` refuses the algorithm on
 a CPU otherwise).
@@ -35,6 +38,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jaxcnn import parallel
 from jaxcnn.models.im2col import plain_conv, plain_input_grad
 
 # True: run the kernel in Pallas's interpreter on any backend (the CPU tests).
@@ -73,7 +77,10 @@ def _conv_fwd(x, kernel, bias, stride, padding):
 def _conv_bwd(stride, padding, residuals, dy):
     x, kernel, bias = residuals
     dx = plain_input_grad(dy, x.shape, kernel, stride, padding)
-    dw, db = weight_and_bias_grad(x, dy, kernel.shape[:2], stride, padding)
+    grads = partial(
+        weight_and_bias_grad, kernel_hw=kernel.shape[:2], stride=stride, padding=padding
+    )
+    dw, db = parallel.batch_sum(grads, x, dy)  # per device, all-reduced, under --devices
     db = db.astype(bias.dtype) if bias.size else jnp.zeros_like(bias)
     return dx, dw.astype(kernel.dtype), db
 
