@@ -21,6 +21,14 @@ from tests.helpers import pallas_interpreted  # noqa: F401 (fixture)
 ON_GPU = jax.default_backend() == "gpu"
 
 
+@pytest.fixture(autouse=True)
+def _full_float32():
+    """The kernel's dot is full float32; on a GPU, XLA's convolutions that it is held
+    against would run in TF32 unless told otherwise (no change on a CPU)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def reference_grads(x, dy, kernel_hw, stride, padding):
     """dW and db of ``conv(x) + b`` by autodiff of XLA's convolution (full float32)."""
     kh, kw = kernel_hw
