@@ -62,7 +62,7 @@ def main() -> None:
         images = jax.device_put(rng.integers(0, 256, (n, 28, 28, c), np.uint8))
         labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
         count_fn = None
-        if config.conv == "pallas_wgrad":  # a GPU kernel: count the same math with XLA's convs
+        if models.conv_unavailable(config.conv, "cpu"):  # count the same math with XLA's convs
             count_program, _ = train.create_program(dataclasses.replace(config, conv="xla"))
             count_fn = profiling.make_steps_fn(count_program, 1)
         step_fn = profiling.make_steps_fn(program, 1)

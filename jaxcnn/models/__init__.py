@@ -190,13 +190,13 @@ def resolve_conv(conv: str) -> str:
     return conv
 
 
-def conv_unavailable(conv: str) -> str | None:
-    """Why algorithm ``conv`` cannot run on this backend, or None.
+def conv_unavailable(conv: str, backend: str | None = None) -> str | None:
+    """Why algorithm ``conv`` cannot run on ``backend`` (default: this one), or None.
 
     ``pallas_wgrad`` is a GPU kernel; elsewhere it runs only in Pallas's
     interpreter, which is for tests (``pallas_wgrad.INTERPRET``).
     """
-    backend = jax.default_backend()
+    backend = backend or jax.default_backend()
     if conv == "pallas_wgrad" and backend != "gpu" and not pallas_wgrad.INTERPRET:
         return f"conv algorithm 'pallas_wgrad' is a GPU kernel and this backend is {backend}"
     return None
