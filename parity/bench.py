@@ -126,7 +126,6 @@ def effective(name: str, options: dict) -> dict:
     """What ``options`` amount to for model ``name`` on this backend: the speed fields of
     ``train.get_config`` (which checks them and resolves ``auto``), with ``fuse`` dropped
     where the model has no fused form and the XLA options of other backends dropped."""
-    import jax
     from flax import nnx
 
     from jaxcnn import train
@@ -134,7 +133,7 @@ def effective(name: str, options: dict) -> dict:
     config = train.get_config(name, "fashion_mnist", **options)
     out = {k: getattr(config, k) for k in train.IMPL_FIELDS}
     # XLA ignores the options of other backends (xla_gpu_* on a CPU)
-    others = tuple(f"xla_{b}_" for b in ("cpu", "gpu", "tpu") if b != jax.default_backend())
+    others = tuple(f"xla_{b}_" for b in ("cpu", "gpu", "tpu") if b != models.target_backend())
     out["xla_options"] = tuple(o for o in out["xla_options"] if not o[0].startswith(others))
     if out["fuse"]:
         abstract = nnx.eval_shape(lambda: models.create(name))

@@ -31,6 +31,17 @@ def pallas_interpreted(monkeypatch):
         monkeypatch.setattr(pallas_wgrad, "INTERPRET", True)
 
 
+@pytest.fixture
+def full_float32():
+    """Full float32 matmuls and convolutions: on a GPU, XLA defaults to TF32 (10-bit
+    mantissa), and two ways of computing the same thing would then differ by ~1e-3;
+    no change on a CPU."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300):
     """``python scripts/<script> args...``, output captured."""
     return subprocess.run(

@@ -18,10 +18,11 @@ from flax import nnx
 from jaxcnn import UserError, models, train
 from jaxcnn.models import im2col, layers
 from jaxcnn.objectives import seed_loss
-from tests.helpers import pallas_interpreted  # noqa: F401 (fixture)
+from tests.helpers import full_float32, pallas_interpreted  # noqa: F401 (fixtures)
 
-# conv="pallas_wgrad" off a GPU: its kernel in Pallas's interpreter
-pytestmark = pytest.mark.usefixtures("pallas_interpreted")
+# conv="pallas_wgrad" off a GPU: its kernel in Pallas's interpreter. On a GPU, the
+# forms are compared at full float32, or TF32 rounding would swamp the 1e-5 bounds.
+pytestmark = pytest.mark.usefixtures("pallas_interpreted", "full_float32")
 
 
 def logits_and_grads(model, x, y, kind):

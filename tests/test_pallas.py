@@ -16,17 +16,11 @@ from jax import export, lax
 
 from jaxcnn import UserError, models, train
 from jaxcnn.models import layers, pallas_wgrad
-from tests.helpers import pallas_interpreted  # noqa: F401 (fixture)
+from tests.helpers import full_float32, pallas_interpreted  # noqa: F401 (fixtures)
 
 ON_GPU = jax.default_backend() == "gpu"
-
-
-@pytest.fixture(autouse=True)
-def _full_float32():
-    """The kernel's dot is full float32; on a GPU, XLA's convolutions that it is held
-    against would run in TF32 unless told otherwise (no change on a CPU)."""
-    with jax.default_matmul_precision("highest"):
-        yield
+# The kernel's dot is full float32: so must be XLA's convolutions it is held against.
+pytestmark = pytest.mark.usefixtures("full_float32")
 
 
 def reference_grads(x, dy, kernel_hw, stride, padding):

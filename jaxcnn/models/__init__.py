@@ -6,9 +6,11 @@ and the scripts read from; ``create(name, rngs=...)`` builds one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 from flax import nnx
@@ -168,6 +170,28 @@ def create(
     return set_impl(model, fuse=fuse, conv=conv)
 
 
+# The backend a program is built for, where it is not the one this process runs on
+# (jaxcnn.aot compiles for a GPU on a host without one).
+_TARGET_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "target_backend", default=None
+)
+
+
+@contextlib.contextmanager
+def building_for(backend: str) -> Iterator[None]:
+    """Inside: ``resolve_conv`` and ``conv_unavailable`` answer for ``backend``."""
+    token = _TARGET_BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _TARGET_BACKEND.reset(token)
+
+
+def target_backend() -> str:
+    """The backend programs are built for: this process's, unless ``building_for`` says."""
+    return _TARGET_BACKEND.get() or jax.default_backend()
+
+
 def resolve_conv(conv: str) -> str:
     """A checked convolution algorithm; ``"auto"`` -> the one measured fastest here.
 
@@ -181,7 +205,7 @@ def resolve_conv(conv: str) -> str:
             and for ``pallas_wgrad`` off a GPU (unless ``pallas_wgrad.INTERPRET``).
     """
     if conv == "auto":
-        return "im2col" if jax.default_backend() == "cpu" else "xla"
+        return "im2col" if target_backend() == "cpu" else "xla"
     if conv not in CONV_IMPLS:
         raise UserError(f"unknown conv algorithm '{conv}'; choose one of: {', '.join(CONV_IMPLS)}")
     why = conv_unavailable(conv)
@@ -191,12 +215,12 @@ def resolve_conv(conv: str) -> str:
 
 
 def conv_unavailable(conv: str, backend: str | None = None) -> str | None:
-    """Why algorithm ``conv`` cannot run on ``backend`` (default: this one), or None.
+    """Why algorithm ``conv`` cannot run on ``backend`` (default: ``target_backend()``), or None.
 
     ``pallas_wgrad`` is a GPU kernel; elsewhere it runs only in Pallas's
     interpreter, which is for tests (``pallas_wgrad.INTERPRET``).
     """
-    backend = backend or jax.default_backend()
+    backend = backend or target_backend()
     if conv == "pallas_wgrad" and backend != "gpu" and not pallas_wgrad.INTERPRET:
         return f"conv algorithm 'pallas_wgrad' is a GPU kernel and this backend is {backend}"
     return None
@@ -241,10 +265,12 @@ __all__ = [
     "SPEED_OPTIONS",
     "ModelSpec",
     "Recipe",
+    "building_for",
     "conv_unavailable",
     "create",
     "get_spec",
     "param_count",
     "resolve_conv",
     "set_impl",
+    "target_backend",
 ]

@@ -1,0 +1,117 @@
+"""Compile each model's training epoch for an H100 on this host (no GPU needed); count kernels.
+
+python scripts/gpu_census.py [--models mnist_cnn basic_cnn inception resnet convnet]
+    [--variant NAME:fuse=1,conv=pallas_wgrad ...] [--no-variants] [--plugin-dir DIR]
+    [--out results/gpu_census]
+
+For every model and jaxcnn variant (the benchmark's: defaults, fused, im2col,
+gemm_wgrad, pallas_wgrad, unroll4, bf16, cmdbuf_while), XLA's GPU compiler builds
+the same epoch program ``train.py`` runs, for an H100 (jaxcnn/aot.py), and the
+optimized HLO is read for the kernels launched per training step: XLA's fusions,
+cuDNN convolutions by kind, GEMMs, Pallas (Triton) kernels, copies. No time is
+measured (there is no GPU); what a cuDNN call becomes inside is not seen.
+
+Needs jax's CUDA plugin, which need not be installed into the environment:
+``pip install --no-deps --target DIR jax-cuda12-plugin==V jax-cuda12-pjrt==V``
+with V = jaxlib's version, then ``--plugin-dir DIR`` (or ``JAXCNN_CUDA_PLUGIN=DIR``).
+Writes OUT.json and OUT.md; exits 1 if any configuration failed to compile.
+"""
+
+import argparse
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["mnist_cnn", "basic_cnn", "inception", "resnet", "convnet"]
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="extra variant NAME:key=value,... as scripts/bench.py takes; repeatable",
+    )
+    parser.add_argument("--no-variants", action="store_true", help="the defaults only")
+    parser.add_argument("--plugin-dir", default=os.environ.get("JAXCNN_CUDA_PLUGIN"))
+    parser.add_argument("--target", default="h100")
+    parser.add_argument("--out", default="results/gpu_census")
+    args = parser.parse_args()
+
+    from jaxcnn.errors import UserError
+
+    if args.plugin_dir:
+        if not Path(args.plugin_dir, "jax_plugins").is_dir():
+            raise UserError(f"--plugin-dir '{args.plugin_dir}' holds no jax_plugins package")
+        sys.path.insert(0, str(Path(args.plugin_dir).resolve()))
+    # Before jax starts: its CPU backend stays the default, and the CUDA plugin skips
+    # its check for a driver (there is none to check).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's "no CUDA driver" notices
+
+    import jaxlib
+
+    from jaxcnn import aot, models, report
+    from parity import bench
+
+    topo = aot.topology(args.target)  # a missing plugin stops here, in one line
+    variants = {"default": {}}
+    if not args.no_variants:
+        variants.update(bench.DEFAULT_VARIANTS)
+    variants.update(bench.parse_variant(v) for v in args.variant)
+    jobs = []
+    with models.building_for("gpu"):  # what the variants amount to on a GPU
+        for name in args.models:
+            aot.gpu_config(name)  # the name checked before any compile
+            kept: list[dict] = []
+            for label, options in variants.items():
+                if label == "default" or not bench.is_redundant(name, options, kept):
+                    kept.append(options)
+                    jobs.append((name, label, options))
+
+    out = Path(args.out)
+    report.ensure_dir(out.parent, "--out folder")
+    env = {
+        **report.environment(),
+        "compiled_for": topo.devices[0].device_kind,
+        "jaxlib": jaxlib.__version__,
+        "cuda_plugin": metadata.version("jax-cuda12-plugin"),
+    }
+    rows = []
+    for name, label, options in jobs:
+        report.log(f"gpu_census: {name}, {label}")
+        config = aot.gpu_config(name, **options)
+        row = {"model": name, "variant": label, "batch_size": config.batch_size}
+        row["options"] = {k: v for k, v in options.items() if k != "xla_options"}
+        start = time.perf_counter()
+        try:
+            compiled = aot.compile_epoch(config, topo)
+        except Exception as err:  # one failing compile must not hide the others' counts
+            row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0]}"[:300]
+        else:
+            row["status"] = "ok"
+            row["compile_seconds"] = time.perf_counter() - start
+            counts = aot.census(compiled.as_text(), config.unroll)
+            row["per_step"] = dict(counts.per_step.most_common())
+            row["launches_per_step"] = counts.step_total
+            row["launches_outside_loop"] = sum(counts.outside.values())
+        rows.append(row)
+        report.write_json(out.with_suffix(".json"), {"environment": env, "rows": rows})
+    report.write_atomic(out.with_suffix(".md"), aot.markdown(rows, env))
+    print(out.with_suffix(".md").read_text())
+    failed = [f"{r['model']} {r['variant']}" for r in rows if r["status"] != "ok"]
+    if failed:
+        print(f"error: {len(failed)} of {len(rows)} did not compile: {', '.join(failed)}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from jaxcnn.cli import run_main
+
+    run_main(main)
