@@ -12,9 +12,11 @@ small XLA sum over the kernel's split partials.
 The kernel is an implicit GEMM: program (tap, channel block, split) gathers,
 for its block of output pixels, the input pixels that tap reads (zero padding
 and strides are index arithmetic and masks, so no patch matrix and no padded
-copy of the input are written) and accumulates ``x_tap^T @ dy`` in float32.
+copy of the input are written) and accumulates ``dy^T @ x_tap`` in float32.
 The splits divide the output pixels so that there are enough programs to fill
 the GPU; each writes its own partial, and the sum is deterministic (no atomics).
+dW is written C_out-major ([C_out, tap, C_in]), the byte order XLA keeps HWIO
+weights in for cuDNN, so no copy follows it (``scripts/gpu_census.py`` counts them).
 
 Its float32 dot is full float32 (Pallas Triton's default for float32 inputs),
 where XLA's convolutions default to TF32 on a GPU; in bfloat16 it takes
@@ -152,14 +154,14 @@ def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int):
                 mask=p_ok[:, None] & co_ok[None, :],
                 other=0,
             )
-            contract_pixels = (((0,), (0,)), ((), ()))
-            acc += lax.dot_general(xs, dys, contract_pixels, preferred_element_type=jnp.float32)
+            contract_pixels = (((0,), (0,)), ((), ()))  # dy^T x: [C_out block, C_in block]
+            acc += lax.dot_general(dys, xs, contract_pixels, preferred_element_type=jnp.float32)
             return acc, bacc + jnp.sum(dys.astype(jnp.float32), axis=0)
 
-        init = (jnp.zeros((bc, bo), jnp.float32), jnp.zeros((bo,), jnp.float32))
+        init = (jnp.zeros((bo, bc), jnp.float32), jnp.zeros((bo,), jnp.float32))
         acc, bacc = lax.fori_loop(0, s["iterations"], accumulate, init)
         cb, ob = block // cout_blocks, block % cout_blocks
-        dw_ref[split, tap, pl.ds(cb * bc, bc), pl.ds(ob * bo, bo)] = acc
+        dw_ref[split, pl.ds(ob * bo, bo), tap, pl.ds(cb * bc, bc)] = acc
 
         @pl.when((tap == 0) & (cb == 0))  # one program per (split, C_out block) writes db
         def _():
@@ -168,7 +170,7 @@ def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int):
     dw_parts, db_parts = pl.pallas_call(
         kernel,
         out_shape=(
-            jax.ShapeDtypeStruct((splits, taps, s["cin_pad"], s["cout_pad"]), jnp.float32),
+            jax.ShapeDtypeStruct((splits, s["cout_pad"], taps, s["cin_pad"]), jnp.float32),
             jax.ShapeDtypeStruct((splits, s["cout_pad"]), jnp.float32),
         ),
         grid=s["grid"],
@@ -176,5 +178,7 @@ def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int):
         compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
         name="conv_wgrad",
     )(x.reshape(-1), dy.reshape(-1))
-    dw = dw_parts[:, :, :cin, :cout].sum(0).reshape(kh, kw, cin, cout)
+    # [C_out, kh*kw, C_in] is the byte order XLA gives HWIO weights for cuDNN (OHWI):
+    # the transpose is free, where HWIO order cost a copy per convolution and step.
+    dw = dw_parts[:, :cout, :, :cin].sum(0).reshape(cout, kh, kw, cin).transpose(1, 2, 3, 0)
     return dw, db_parts[:, :cout].sum(0)
