@@ -62,7 +62,7 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 def add_impl_flags(parser: argparse.ArgumentParser) -> None:
     """How the trainer computes (same math, different kernels): see README, "Speed options"."""
-    from jaxcnn.models import CONV_IMPLS
+    from jaxcnn.models import CONV_IMPLS, POOL_IMPLS
     from jaxcnn.train import DTYPES
 
     parser.add_argument(
@@ -74,6 +74,11 @@ def add_impl_flags(parser: argparse.ArgumentParser) -> None:
         "--conv",
         choices=["auto", *CONV_IMPLS],
         help="convolution algorithm (default auto: im2col on CPU, xla on GPU)",
+    )
+    parser.add_argument(
+        "--pool",
+        choices=["auto", *POOL_IMPLS],
+        help="max-pool algorithm (default auto: reshape on CPU, xla on GPU)",
     )
     parser.add_argument(
         "--dtype",
@@ -98,6 +103,7 @@ def impl_overrides(args: argparse.Namespace) -> dict:
     return {
         "fuse": args.fuse or None,
         "conv": args.conv,
+        "pool": args.pool,
         "dtype": args.dtype,
         "unroll": args.unroll,
         "xla_options": parse_xla_options(args.xla_option) or None,

@@ -32,7 +32,7 @@ from jaxcnn.objectives import LOSSES, OPTIMIZERS, make_optimizer, seed_loss
 
 DTYPES = ("float32", "bfloat16")
 # The Config fields that choose how a step is computed, not what (README, "Speed options").
-IMPL_FIELDS = ("fuse", "conv", "dtype", "unroll", "xla_options")
+IMPL_FIELDS = ("fuse", "conv", "pool", "dtype", "unroll", "xla_options")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Config:
     devices: int = 1  # data-parallel over this many local devices
     fuse: bool = False  # algebraically identical fused forms (models.set_impl)
     conv: str = "auto"  # convolution algorithm: models.CONV_IMPLS, or "auto" (resolve_conv)
+    pool: str = "auto"  # max-pool algorithm: models.POOL_IMPLS, or "auto" (resolve_pool)
     dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
     unroll: int = 1  # training steps per iteration of the epoch's scan loop
     # XLA compiler options for the training and evaluation programs, as (name, value)
@@ -79,6 +80,7 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["conv"] = models.resolve_conv(values.get("conv", "auto"))  # checked here
+    values["pool"] = models.resolve_pool(values.get("pool", "auto"))
     values["xla_options"] = tuple(tuple(item) for item in values.get("xla_options", ()))
     config = Config(**values)
     if config.dataset not in data.DATASETS:
@@ -207,7 +209,7 @@ def create_program(config: Config, model: nnx.Module | None = None) -> tuple[Pro
     """The static program and the initial state (torch-default init from ``config.seed``)."""
     if model is None:
         model = models.create(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed))
-    models.set_impl(model, fuse=config.fuse, conv=config.conv)
+    models.set_impl(model, fuse=config.fuse, conv=config.conv, pool=config.pool)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(config.optimizer, config.lr, config.momentum)
     spec = models.get_spec(config.model)

@@ -38,14 +38,14 @@ WHOLE_EPOCH_GRAPH = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 # jaxcnn speed variants: name -> train.get_config overrides.
 # Variants that repeat the defaults on this backend or model are skipped (is_redundant).
 DEFAULT_VARIANTS = {
-    "xla": {"conv": "xla"},
+    "xla": {"conv": "xla", "pool": "xla"},  # the plain form: XLA's own ops
     **models.SPEED_OPTIONS,
     "unroll4": {"unroll": 4},
     "bf16": {"dtype": "bfloat16"},
     "cmdbuf_while": {"xla_options": (("xla_gpu_enable_command_buffer", WHOLE_EPOCH_GRAPH),)},
     # The fewest launches per step of all these forms in the H100 census
-    # (scripts/gpu_census.py): inception 98 against the defaults' 152 (GPU only).
-    "fewest_launches": {"fuse": True, "conv": "pallas_wgrad", "unroll": 4},
+    # (scripts/gpu_census.py): inception 94 against the defaults' 152 (GPU only).
+    "fewest_launches": {"fuse": True, "conv": "pallas_wgrad", "pool": "reshape", "unroll": 4},
 }
 
 
@@ -112,11 +112,12 @@ def parse_variant(text: str) -> tuple[str, dict]:
             if not value.isdigit():
                 raise UserError(f"--variant '{text}': unroll takes a positive integer")
             options[key] = int(value)
-        elif key in ("conv", "dtype"):
+        elif key in ("conv", "pool", "dtype"):
             options[key] = value
         else:
             raise UserError(
-                f"--variant '{text}': unknown option '{key}' (fuse, conv, dtype, unroll, xla_*)"
+                f"--variant '{text}': unknown option '{key}' (fuse, conv, pool, dtype, unroll, "
+                "xla_*)"
             )
     if xla:
         options["xla_options"] = train.parse_xla_options(xla)

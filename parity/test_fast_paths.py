@@ -1,7 +1,7 @@
 """The speed options keep parity: logits and gradients still match the seeds' torch models.
 
-``fuse`` and ``conv="im2col"`` (see jaxcnn.models.set_impl) are algebraically
-identical rewrites, so they are held to the same tolerances as the plain form.
+``fuse``, ``conv="im2col"`` and ``pool="reshape"`` (see jaxcnn.models.set_impl)
+are algebraically identical rewrites, so they are held to the same tolerances as the plain form.
 """
 
 import numpy as np
@@ -26,7 +26,7 @@ from tests.helpers import pallas_interpreted  # noqa: F401 (fixture)
 pytestmark = pytest.mark.usefixtures("pallas_interpreted")
 
 # fuse changes only the models that have a fused form (InceptionA)
-CASES = [(name, "im2col") for name in models.MODELS] + [
+CASES = [(name, impl) for impl in ("im2col", "reshape_pool") for name in models.MODELS] + [
     ("inception", "fused"),
     ("inception", "fused+im2col"),
     ("inception", "gemm_wgrad"),

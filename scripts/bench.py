@@ -42,7 +42,7 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="extra jaxcnn arm NAME:key=value,... (fuse, conv, dtype, unroll); repeatable",
+        help="extra jaxcnn arm NAME:key=value,... (fuse, conv, pool, dtype, unroll, xla_*)",
     )
     parser.add_argument("--no-variants", action="store_true", help="skip the default variants")
     parser.add_argument("--train-limit", type=int, help="first N training images (smoke runs)")

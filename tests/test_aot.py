@@ -97,14 +97,15 @@ def test_every_model_compiles_for_an_h100_with_the_kernels_each_option_promises(
 
     pallas_wgrad: one Triton kernel per convolution, no cuDNN weight gradient (in
     float32 and bfloat16, whose Triton dots differ) and no extra copy; gemm_wgrad: no cuDNN
-    weight gradient either; fused inception: fewer cuDNN forward convolutions.
+    weight gradient either; fused inception: fewer cuDNN forward convolutions;
+    pool="reshape": fewer launches.
     """
     out = tmp_path / "census"
     proc = run_script(
         "gpu_census.py", "--models", "mnist_cnn", "inception", "resnet", "convnet",
         "--no-variants", "--variant", "pallas:conv=pallas_wgrad",
         "--variant", "pallas_bf16:conv=pallas_wgrad,dtype=bfloat16",
-        "--variant", "gemm:conv=gemm_wgrad",
+        "--variant", "gemm:conv=gemm_wgrad", "--variant", "pool:pool=reshape",
         "--variant", "fused:fuse=1", "--plugin-dir", PLUGIN, "--out", str(out),
         env={**ENV, "JAX_PLATFORMS": "cpu"}, timeout=1200,
     )  # fmt: skip
@@ -123,6 +124,8 @@ def test_every_model_compiles_for_an_h100_with_the_kernels_each_option_promises(
         # beyond the plain form's (HWIO order cost resnet 6 more per step)
         assert rows[(name, "pallas")].get("copy", 0) <= plain.get("copy", 0), name
         assert "cuDNN conv weight grad" not in rows[(name, "gemm")], name
+        # a pool's gradient without its zeroed buffer and select_and_scatter
+        assert sum(rows[(name, "pool")].values()) < sum(plain.values()), name
     fwd = "cuDNN conv forward"
     assert rows[("inception", "fused")][fwd] < rows[("inception", "default")][fwd]
     assert "| `inception` | 64 | pallas |" in out.with_suffix(".md").read_text()

@@ -215,3 +215,31 @@ def test_unrolled_epoch_matches_rolled():
         _, losses[unroll] = train.make_epoch_fn(program)(state, images, labels, 1)
     assert losses[1].shape == (8,)
     np.testing.assert_allclose(losses[3], losses[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+@pytest.mark.parametrize("shape", [(2, 24, 24, 10), (3, 13, 11, 4)])
+def test_reshape_max_pool_matches_xla_exactly_with_ties(shape, kernel):
+    """Values and gradients equal bit for bit, ties included.
+
+    Rounded inputs and a ReLU make most windows hold tied maxima (all zeros, or
+    equal integers); the gradient must go to the first in row-major order, as
+    torch and select_and_scatter give it, not be split among them. 13x11 leaves
+    rows and columns that no window reads (floor mode): their gradient is zero.
+    """
+    x = jax.nn.relu(jnp.round(2 * jax.random.normal(jax.random.key(0), shape)))
+    dy = jax.random.normal(jax.random.key(1), layers.max_pool2d(x, kernel).shape)
+    want, want_vjp = jax.vjp(lambda x: layers.max_pool2d(x, kernel, "xla"), x)
+    got, got_vjp = jax.vjp(lambda x: layers.max_pool2d(x, kernel, "reshape"), x)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_vjp(dy)[0], want_vjp(dy)[0])
+    windows = (shape[1] // kernel) * (shape[2] // kernel) * shape[0] * shape[3]
+    assert np.count_nonzero(np.asarray(want_vjp(dy)[0])) == windows  # one winner per window
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "cifar_cnn"])  # a method, and seed 000's module
+def test_reshape_pool_traces_no_select_and_scatter(name):
+    h, w, c = models.get_spec(name).input_shape
+    x = jnp.zeros((2, h, w, c))
+    assert count_primitive(models.create(name), x, "select_and_scatter") > 0
+    assert count_primitive(models.create(name, pool="reshape"), x, "select_and_scatter") == 0

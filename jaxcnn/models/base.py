@@ -6,6 +6,7 @@ import jax
 from flax import nnx
 
 from jaxcnn.errors import UserError
+from jaxcnn.models.layers import max_pool2d
 
 
 class SeedModel(nnx.Module):
@@ -18,6 +19,7 @@ class SeedModel(nnx.Module):
 
     input_shape: tuple[int, int, int]  # (H, W, C)
     model_name: str | None = None  # set by jaxcnn.models.create for error messages
+    pool_impl: str = "xla"  # how max_pool computes (layers.POOL_IMPLS; models.set_impl)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (or log-probabilities, where the seed returns them). [N,H,W,C] -> [N,10]."""
@@ -39,3 +41,7 @@ class SeedModel(nnx.Module):
 
     def forward(self, x: jax.Array) -> jax.Array:
         raise NotImplementedError
+
+    def max_pool(self, x: jax.Array, kernel_size: int = 2) -> jax.Array:
+        """The seeds' ``F.max_pool2d(x, k)``, computed as ``pool_impl`` says."""
+        return max_pool2d(x, kernel_size, self.pool_impl)

@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from jaxcnn.models.base import SeedModel
-from jaxcnn.models.layers import Conv2d, Dropout2d, Linear, flatten_chw, max_pool2d
+from jaxcnn.models.layers import Conv2d, Dropout2d, Linear, flatten_chw
 
 
 class ConvNet(SeedModel):
@@ -29,7 +29,7 @@ class ConvNet(SeedModel):
     def forward(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.conv1(x))  # 28 -> 26
         x = jax.nn.relu(self.conv2(x))  # 26 -> 24
-        x = max_pool2d(x)  # 24 -> 12
+        x = self.max_pool(x)  # 24 -> 12
         x = self.dropout1(x)
         x = flatten_chw(x)  # torch.flatten(x, 1): 64*12*12 = 9216
         x = jax.nn.relu(self.fc1(x))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxcnn.models.base import SeedModel
-from jaxcnn.models.layers import Conv2d, Linear, avg_pool2d, flatten_chw, max_pool2d
+from jaxcnn.models.layers import Conv2d, Linear, avg_pool2d, flatten_chw
 
 
 class InceptionA(nnx.Module):
@@ -81,8 +81,8 @@ class Inception(SeedModel):
         self.fc = Linear(1408, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
-        x = jax.nn.relu(max_pool2d(self.conv1(x)))  # 28 -> 24 -> 12, 10 channels
+        x = jax.nn.relu(self.max_pool(self.conv1(x)))  # 28 -> 24 -> 12, 10 channels
         x = self.incep1(x)  # 88 channels
-        x = jax.nn.relu(max_pool2d(self.conv2(x)))  # 12 -> 8 -> 4, 20 channels
+        x = jax.nn.relu(self.max_pool(self.conv2(x)))  # 12 -> 8 -> 4, 20 channels
         x = self.incep2(x)  # 88 x 4 x 4 = 1408
         return self.fc(flatten_chw(x))

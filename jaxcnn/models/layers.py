@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -113,10 +114,71 @@ def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear
     return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
 
 
-def max_pool2d(x: jax.Array, kernel_size: int = 2) -> jax.Array:
-    """``F.max_pool2d(x, k)``: stride defaults to the kernel size, no padding. [N,H,W,C]."""
-    window = (kernel_size, kernel_size)
-    return linen.max_pool(x, window, strides=window)
+POOL_IMPLS = ("xla", "reshape")
+
+
+def max_pool2d(x: jax.Array, kernel_size: int = 2, impl: str = "xla") -> jax.Array:
+    """``F.max_pool2d(x, k)``: stride defaults to the kernel size, no padding. [N,H,W,C].
+
+    ``impl="xla"``: XLA's ``reduce_window``, whose gradient autodiff writes as
+    ``select_and_scatter`` into a zeroed buffer (two kernels). ``"reshape"``: the
+    same maximum over a ``[N, H/k, k, W/k, k, C]`` view, with a gradient of
+    elementwise ops that XLA fuses with its neighbours (:func:`_max_pool_reshape`).
+    """
+    if impl == "xla":
+        window = (kernel_size, kernel_size)
+        return linen.max_pool(x, window, strides=window)
+    if impl == "reshape":
+        return _max_pool_reshape(x, kernel_size)
+    raise ValueError(f"unknown pool impl {impl!r}; choose one of {POOL_IMPLS}")
+
+
+def _windows(x: jax.Array, k: int) -> jax.Array:
+    """The k x k windows of ``x`` (rows and columns past the last whole window dropped,
+    PyTorch's floor mode): [N,H,W,C] -> [N, H//k, k, W//k, k, C]."""
+    n, h, w, c = x.shape
+    return x[:, : h // k * k, : w // k * k].reshape(n, h // k, k, w // k, k, c)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_reshape(x: jax.Array, k: int) -> jax.Array:
+    return _windows(x, k).max(axis=(2, 4))
+
+
+def _max_pool_reshape_fwd(x, k):
+    return _max_pool_reshape(x, k), x
+
+
+def _max_pool_reshape_bwd(k, x, dy):
+    """All of a window's gradient to its first maximum in row-major order.
+
+    That is what PyTorch's max-pool backward and XLA's ``select_and_scatter``
+    (``ge``) do with ties, and ties are common here (a window of ReLU zeros).
+    Autodiff of ``max`` would split the gradient among them instead.
+    """
+    n, h, w, c = x.shape
+    windows = _windows(x, k)
+    hit = windows == windows.max(axis=(2, 4), keepdims=True)
+    flat = hit.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // k, w // k, k * k, c)
+    first = flat & (jnp.cumsum(flat, axis=3) == 1)  # window positions in row-major order
+    first = first.reshape(n, h // k, w // k, k, k, c).transpose(0, 1, 3, 2, 4, 5)
+    dx = jnp.where(first, dy[:, :, None, :, None, :], 0).reshape(n, h // k * k, w // k * k, c)
+    return (jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0))),)
+
+
+_max_pool_reshape.defvjp(_max_pool_reshape_fwd, _max_pool_reshape_bwd)
+
+
+class MaxPool2d(nnx.Module):
+    """``torch.nn.MaxPool2d(k)`` (seed 000's ``Sequential``); ``pool_impl`` as in
+    :func:`max_pool2d`, set by ``models.set_impl``."""
+
+    def __init__(self, kernel_size: int = 2):
+        self.kernel_size = kernel_size
+        self.pool_impl = "xla"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return max_pool2d(x, self.kernel_size, self.pool_impl)
 
 
 def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int) -> jax.Array:

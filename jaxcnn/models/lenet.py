@@ -12,7 +12,7 @@ import jax
 from flax import nnx
 
 from jaxcnn.models.base import SeedModel
-from jaxcnn.models.layers import Conv2d, Linear, flatten_chw, max_pool2d
+from jaxcnn.models.layers import Conv2d, Linear, flatten_chw
 
 relu = jax.nn.relu
 
@@ -29,8 +29,8 @@ class SimpleCNN(SeedModel):
         self.fc2 = Linear(50, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
-        x = max_pool2d(relu(self.conv1(x)))  # 28 -> 24 -> 12
-        x = max_pool2d(relu(self.conv2(x)))  # 12 -> 8 -> 4
+        x = self.max_pool(relu(self.conv1(x)))  # 28 -> 24 -> 12
+        x = self.max_pool(relu(self.conv2(x)))  # 12 -> 8 -> 4
         x = flatten_chw(x)
         x = relu(self.fc1(x))
         return jax.nn.log_softmax(self.fc2(x), axis=1)
@@ -48,8 +48,8 @@ class LeNet5(SeedModel):
         self.fc3 = Linear(84, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
-        x = max_pool2d(relu(self.conv1(x)))  # 32 -> 28 -> 14
-        x = max_pool2d(relu(self.conv2(x)))  # 14 -> 10 -> 5
+        x = self.max_pool(relu(self.conv1(x)))  # 32 -> 28 -> 14
+        x = self.max_pool(relu(self.conv2(x)))  # 14 -> 10 -> 5
         x = flatten_chw(x)
         x = relu(self.fc1(x))
         x = relu(self.fc2(x))
@@ -66,8 +66,8 @@ class BasicCNN(SeedModel):
         self.fc = Linear(320, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
-        x = relu(max_pool2d(self.conv1(x)))
-        x = relu(max_pool2d(self.conv2(x)))
+        x = relu(self.max_pool(self.conv1(x)))
+        x = relu(self.max_pool(self.conv2(x)))
         return self.fc(flatten_chw(x))
 
 
@@ -83,8 +83,8 @@ class BlitzNet(SeedModel):
         self.fc3 = Linear(84, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
-        x = max_pool2d(relu(self.conv1(x)))  # 32 -> 30 -> 15
-        x = max_pool2d(relu(self.conv2(x)))  # 15 -> 13 -> 6 (floor, as PyTorch)
+        x = self.max_pool(relu(self.conv1(x)))  # 32 -> 30 -> 15
+        x = self.max_pool(relu(self.conv2(x)))  # 15 -> 13 -> 6 (floor, as PyTorch)
         x = flatten_chw(x)
         x = relu(self.fc1(x))
         x = relu(self.fc2(x))

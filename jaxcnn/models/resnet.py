@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from jaxcnn.models.base import SeedModel
-from jaxcnn.models.layers import Conv2d, Linear, flatten_chw, max_pool2d
+from jaxcnn.models.layers import Conv2d, Linear, flatten_chw
 
 relu = jax.nn.relu
 
@@ -37,8 +37,8 @@ class ResNet(SeedModel):
         self.fc = Linear(512, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
-        x = max_pool2d(relu(self.conv1(x)))  # 28 -> 24 -> 12
+        x = self.max_pool(relu(self.conv1(x)))  # 28 -> 24 -> 12
         x = self.rblock1(x)
-        x = max_pool2d(relu(self.conv2(x)))  # 12 -> 8 -> 4
+        x = self.max_pool(relu(self.conv2(x)))  # 12 -> 8 -> 4
         x = self.rblock2(x)  # 32 x 4 x 4 = 512
         return self.fc(flatten_chw(x))

@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from jaxcnn.models.base import SeedModel
-from jaxcnn.models.layers import Conv2d, Linear, flatten_chw, max_pool2d
+from jaxcnn.models.layers import Conv2d, Linear, MaxPool2d, flatten_chw
 
 
 class Seed000CNN(SeedModel):
@@ -23,10 +23,10 @@ class Seed000CNN(SeedModel):
         c1, c2 = channels
         self.input_shape = (size, size, in_channels)
         self.conv1 = nnx.Sequential(
-            Conv2d(in_channels, c1, 5, padding=2, rngs=rngs), jax.nn.relu, max_pool2d
+            Conv2d(in_channels, c1, 5, padding=2, rngs=rngs), jax.nn.relu, MaxPool2d(2)
         )
         self.conv2 = nnx.Sequential(
-            Conv2d(c1, c2, 5, padding=2, rngs=rngs), jax.nn.relu, max_pool2d
+            Conv2d(c1, c2, 5, padding=2, rngs=rngs), jax.nn.relu, MaxPool2d(2)
         )
         side = size // 4
         self.out = nnx.Sequential(Linear(side * side * c2, 10, rngs=rngs))
