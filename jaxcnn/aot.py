@@ -131,7 +131,7 @@ class Census:
     unroll: int
 
     @property
-    def step_total(self) -> int:
+    def step_total(self) -> float:
         return sum(self.per_step.values())
 
 

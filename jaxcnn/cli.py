@@ -96,6 +96,19 @@ def add_impl_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_variant_flags(parser: argparse.ArgumentParser) -> None:
+    """The jaxcnn variants ``scripts/bench.py`` and ``scripts/gpu_census.py`` run
+    (``parity.bench.DEFAULT_VARIANTS``, and ``parity.bench.parse_variant``'s syntax)."""
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="extra jaxcnn variant NAME:key=value,... (fuse, conv, pool, dtype, unroll, "
+        "xla_*); repeatable",
+    )
+    parser.add_argument("--no-variants", action="store_true", help="skip the default variants")
+
+
 def impl_overrides(args: argparse.Namespace) -> dict:
     """The ``get_config`` overrides that :func:`add_impl_flags` parsed (None: recipe default)."""
     from jaxcnn.train import parse_xla_options

@@ -23,7 +23,7 @@ import os
 from functools import cache
 from pathlib import Path
 
-from jaxcnn.cli import enable_compilation_cache, run_main
+from jaxcnn.cli import add_variant_flags, enable_compilation_cache, run_main
 
 DEFAULT_MODELS = ["mnist_cnn", "basic_cnn", "inception", "resnet", "convnet"]
 ARMS = ["seed_loop", "torch_eager", "torch_graph", "torch_compile", "jaxcnn"]
@@ -38,13 +38,7 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=4, help="epochs per arm, first is warm-up")
     parser.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        help="extra jaxcnn arm NAME:key=value,... (fuse, conv, pool, dtype, unroll, xla_*)",
-    )
-    parser.add_argument("--no-variants", action="store_true", help="skip the default variants")
+    add_variant_flags(parser)
     parser.add_argument("--train-limit", type=int, help="first N training images (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/bench")

@@ -24,19 +24,15 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from jaxcnn.cli import add_variant_flags, run_main
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models", nargs="+", default=["mnist_cnn", "basic_cnn", "inception", "resnet", "convnet"]
     )
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        help="extra variant NAME:key=value,... as scripts/bench.py takes; repeatable",
-    )
-    parser.add_argument("--no-variants", action="store_true", help="the defaults only")
+    add_variant_flags(parser)
     parser.add_argument("--plugin-dir", default=os.environ.get("JAXCNN_CUDA_PLUGIN"))
     parser.add_argument("--target", default="h100")
     parser.add_argument("--out", default="results/gpu_census")
@@ -80,19 +76,20 @@ def main() -> None:
         **report.environment(),
         "compiled_for": topo.devices[0].device_kind,
         "jaxlib": jaxlib.__version__,
-        "cuda_plugin": metadata.version("jax-cuda12-plugin"),
+        "cuda_plugin": plugin_version(),
     }
     rows = []
     for name, label, options in jobs:
         report.log(f"gpu_census: {name}, {label}")
         config = aot.gpu_config(name, **options)
         row = {"model": name, "variant": label, "batch_size": config.batch_size}
-        row["options"] = {k: v for k, v in options.items() if k != "xla_options"}
+        row["options"] = options
         start = time.perf_counter()
         try:
             compiled = aot.compile_epoch(config, topo)
         except Exception as err:  # one failing compile must not hide the others' counts
-            row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0]}"[:300]
+            first_line = (str(err).splitlines() or [""])[0]
+            row["status"] = f"failed: {type(err).__name__}: {first_line}"[:300]
         else:
             row["status"] = "ok"
             row["compile_seconds"] = time.perf_counter() - start
@@ -111,7 +108,12 @@ def main() -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    from jaxcnn.cli import run_main
+def plugin_version() -> str:
+    try:
+        return metadata.version("jax-cuda12-plugin")
+    except metadata.PackageNotFoundError:  # a plugin of another name that still loaded
+        return "unknown"
 
+
+if __name__ == "__main__":
     run_main(main)
