@@ -1,7 +1,7 @@
 """The roofline view of each model's training step: FLOPs, bytes, time, top ops.
 
 python scripts/profile_models.py [--models mnist_cnn resnet] [--steps 50] [--out results/profile]
-    [--fuse] [--conv xla|im2col|gemm_wgrad|pallas_wgrad] [--dtype bfloat16]
+    [--fuse] [--conv xla|im2col|gemm_wgrad|pallas_wgrad] [--pool xla|reshape] [--dtype bfloat16]
     [--xla-option xla_NAME=VALUE]
 
 For each model at its seed batch size: XLA's cost_analysis() of one step (FLOPs
@@ -33,7 +33,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", default="results/profile")
-    add_impl_flags(parser)  # profile a speed option: --fuse, --conv, --dtype, --unroll
+    add_impl_flags(parser)  # profile a speed option: --fuse, --conv, --pool, --dtype, --unroll
     args = parser.parse_args()
 
     enable_compilation_cache()
