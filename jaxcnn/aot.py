@@ -84,26 +84,27 @@ def topology(target: str = "h100"):
             platform="cuda", target_config=TARGETS[target], topology="1x1x1"
         )
     except (NotImplementedError, RuntimeError) as err:
+        first_line = (str(err).splitlines() or [""])[0]
         raise UserError(
             "compiling for a GPU needs jax's CUDA plugin (jax-cuda12-plugin and "
             f"jax-cuda12-pjrt {jax.__version__}) importable and JAX_PLATFORMS=cpu set "
-            f"before jax starts ({type(err).__name__}: {str(err).splitlines()[0]})"
+            f"before jax starts ({type(err).__name__}: {first_line})"
         ) from None
 
 
-def compile_epoch(config: train.Config, topo, images: int | None = None):
+def compile_epoch(config: train.Config, topo):
     """The epoch function of ``config``, compiled for the device of ``topo``.
 
-    Same program as ``train.py`` builds (``train.make_epoch_fn``), over ``images``
-    training images (default: the dataset's training split), with every choice
-    that depends on the backend made for a GPU.
+    Same program as ``train.py`` builds (``train.make_epoch_fn``), over the
+    dataset's training split, with every choice that depends on the backend made
+    for a GPU.
     """
     sharding = jax.sharding.SingleDeviceSharding(topo.devices[0])
 
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
-    n = images or TRAIN_IMAGES[config.dataset]
+    n = TRAIN_IMAGES[config.dataset]
     h, w, c = models.get_spec(config.model).input_shape
     with models.building_for("gpu"):
         program, state = train.create_program(config)
@@ -128,7 +129,6 @@ class Census:
 
     per_step: Counter
     outside: Counter
-    unroll: int
 
     @property
     def step_total(self) -> float:
@@ -155,7 +155,7 @@ def census(hlo: str, unroll: int = 1) -> Census:
     body = max(bodies, key=lambda name: len(computations[name]))
     per_iteration = _launches(computations[body])
     per_step = Counter({k: v / unroll for k, v in per_iteration.items()})
-    return Census(per_step, _launches(computations[entry]) - Counter(loop=1), unroll)
+    return Census(per_step, _launches(computations[entry]) - Counter(loop=1))
 
 
 def _computations(hlo: str) -> dict[str, list[str]]:

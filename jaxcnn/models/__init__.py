@@ -252,8 +252,9 @@ def conv_unavailable(conv: str, backend: str | None = None) -> str | None:
 
 
 # The named non-default forms of ``set_impl``: each computes what the plain form
-# (``conv="xla"``, ``pool="xla"``, unfused) computes, another way. The one table the tests (against
-# the plain form and against torch) and ``scripts/bench.py``'s variants iterate.
+# (``conv="xla"``, ``pool="xla"``, unfused) computes, another way. The one table the
+# tests (against the plain form and against torch) and ``scripts/bench.py``'s
+# variants iterate.
 SPEED_OPTIONS = {
     "im2col": {"conv": "im2col"},
     "fused": {"fuse": True},
