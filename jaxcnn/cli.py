@@ -61,63 +61,30 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def add_impl_flags(parser: argparse.ArgumentParser) -> None:
-    """How the trainer computes (same math, different kernels): see README, "Speed options"."""
-    from jaxcnn.models import CONV_IMPLS, POOL_IMPLS
-    from jaxcnn.train import DTYPES
+    """How the trainer computes (same math, other kernels): one flag per
+    ``jaxcnn.compute.Compute`` option; see docs/speed.md."""
+    from jaxcnn import compute
 
-    parser.add_argument(
-        "--fuse",
-        action="store_true",
-        help="algebraically identical fused forms (InceptionA: its four 1x1 convs as one matmul)",
-    )
-    parser.add_argument(
-        "--conv",
-        choices=["auto", *CONV_IMPLS],
-        help="convolution algorithm (default auto: im2col on CPU, xla on GPU)",
-    )
-    parser.add_argument(
-        "--pool",
-        choices=["auto", *POOL_IMPLS],
-        help="max-pool algorithm (default auto: reshape on CPU, xla on GPU)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        help="compute dtype; parameters stay float32 (default: float32)",
-    )
-    parser.add_argument("--unroll", type=int, help="training steps per scan-loop iteration")
-    parser.add_argument(
-        "--xla-option",
-        action="append",
-        default=[],
-        metavar="xla_NAME=VALUE",
-        help="an XLA compiler option for the training and evaluation programs, e.g. "
-        "xla_gpu_enable_command_buffer=FUSION,CUDNN,WHILE; repeatable",
-    )
+    compute.add_flags(parser)
 
 
 def add_variant_flags(parser: argparse.ArgumentParser) -> None:
     """The jaxcnn variants ``scripts/bench.py`` and ``scripts/gpu_census.py`` run
-    (``parity.bench.DEFAULT_VARIANTS``, and ``parity.bench.parse_variant``'s syntax)."""
+    (``jaxcnn.compute.VARIANTS``, and ``compute.parse_variant``'s syntax)."""
+    from jaxcnn import compute
+
+    keys = [name for name, field in compute.FIELDS.items() if field.metadata["flag"]]
     parser.add_argument(
         "--variant",
         action="append",
         default=[],
-        help="extra jaxcnn variant NAME:key=value,... (fuse, conv, pool, dtype, unroll, "
-        "xla_*); repeatable",
+        help=f"extra jaxcnn variant NAME:key=value,... ({', '.join(keys)}, xla_*); repeatable",
     )
     parser.add_argument("--no-variants", action="store_true", help="skip the default variants")
 
 
 def impl_overrides(args: argparse.Namespace) -> dict:
-    """The ``get_config`` overrides that :func:`add_impl_flags` parsed (None: recipe default)."""
-    from jaxcnn.train import parse_xla_options
+    """The ``get_config`` overrides that :func:`add_impl_flags` parsed (None: auto/default)."""
+    from jaxcnn import compute
 
-    return {
-        "fuse": args.fuse or None,
-        "conv": args.conv,
-        "pool": args.pool,
-        "dtype": args.dtype,
-        "unroll": args.unroll,
-        "xla_options": parse_xla_options(args.xla_option) or None,
-    }
+    return compute.from_flags(args)

@@ -9,15 +9,13 @@ every device (MNIST-sized splits are ~50 MB as uint8).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterator
-from functools import partial
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn.errors import UserError
+from jaxcnn.errors import UserError, first_line
 
 BATCH_AXIS = "batch"
 
@@ -42,8 +40,7 @@ def initialize_distributed(
             "--num-processes and --process-id, or launch under SLURM/Open MPI"
         ) from None
     except RuntimeError as err:  # e.g. the coordinator never answered
-        first = str(err).strip().splitlines()[0][:300]
-        raise UserError(f"--distributed: could not join the run ({first})") from None
+        raise UserError(f"--distributed: could not join the run ({first_line(err)})") from None
 
 
 def is_primary() -> bool:
@@ -133,45 +130,3 @@ def split_batch(x: jax.Array, mesh: Mesh | None) -> jax.Array:
     if mesh is None or x.shape[0] % mesh.size:
         return x
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))
-
-
-_TRACING_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
-    "jaxcnn_batch_mesh", default=None
-)
-
-
-@contextlib.contextmanager
-def tracing_over(mesh: Mesh | None) -> Iterator[None]:
-    """While a step is traced, tell kernels XLA cannot partition (Pallas) the batch mesh.
-
-    XLA splits the rest of the step over the mesh by itself (``split_batch``);
-    a custom kernel must be wrapped in ``shard_map`` by hand, and the layer that
-    calls it does not otherwise know the mesh.
-    """
-    token = _TRACING_MESH.set(mesh)
-    try:
-        yield
-    finally:
-        _TRACING_MESH.reset(token)
-
-
-def batch_sum(fn, *batched: jax.Array):
-    """``fn(*batched)`` for an ``fn`` whose outputs are sums over the batch, run per device
-    on its part of the batch and all-reduced, when a step is traced over a mesh.
-
-    A batch the devices do not divide (an epoch's final partial batch) is computed
-    whole on every device instead. Without a mesh, this is just ``fn(*batched)``.
-    """
-    mesh = _TRACING_MESH.get()
-    if mesh is None:
-        return fn(*batched)
-    # check_vma=False: a pallas_call's outputs carry no record of how they vary over
-    # the mesh; the psum (or whole inputs) makes them the same on every device.
-    shard_map = partial(jax.shard_map, mesh=mesh, out_specs=PartitionSpec(), check_vma=False)
-    if batched[0].shape[0] % mesh.size:
-        return shard_map(fn, in_specs=(PartitionSpec(),) * len(batched))(*batched)
-
-    def local(*parts):
-        return jax.tree.map(lambda a: jax.lax.psum(a, BATCH_AXIS), fn(*parts))
-
-    return shard_map(local, in_specs=(PartitionSpec(BATCH_AXIS),) * len(batched))(*batched)

@@ -14,7 +14,6 @@ masks), so a resumed run replays exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -26,13 +25,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxcnn import data, models, parallel
+from jaxcnn import compute, data, models, parallel
+from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.errors import UserError
 from jaxcnn.objectives import LOSSES, OPTIMIZERS, make_optimizer, seed_loss
-
-DTYPES = ("float32", "bfloat16")
-# The Config fields that choose how a step is computed, not what (README, "Speed options").
-IMPL_FIELDS = ("fuse", "conv", "pool", "dtype", "unroll", "xla_options")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,19 +49,24 @@ class Config:
     train_limit: int | None = None  # first N training images only (smoke tests)
     permute_pixels: bool = False  # seed 001 section 4: one fixed pixel shuffle
     devices: int = 1  # data-parallel over this many local devices
-    fuse: bool = False  # algebraically identical fused forms (models.set_impl)
-    conv: str = "auto"  # convolution algorithm: models.CONV_IMPLS, or "auto" (resolve_conv)
-    pool: str = "auto"  # max-pool algorithm: models.POOL_IMPLS, or "auto" (resolve_pool)
-    dtype: str = "float32"  # compute dtype; parameters and optimizer state stay float32
-    unroll: int = 1  # training steps per iteration of the epoch's scan loop
-    # XLA compiler options for the training and evaluation programs, as (name, value)
-    # pairs: DebugOptions fields such as xla_gpu_enable_command_buffer (parse_xla_options)
-    xla_options: tuple[tuple[str, Any], ...] = ()
+    compute: Compute = PLAIN  # how a step computes, resolved (jaxcnn.compute)
     eval_batch_size: int = 1000
 
+    def to_json(self) -> dict:
+        """What ``config.json`` and ``summary.json`` record."""
+        out = dataclasses.asdict(dataclasses.replace(self, compute=Compute()))
+        out["compute"] = self.compute.to_json()
+        return out
 
-def get_config(model: str, dataset: str, **overrides: Any) -> Config:
-    """The seed recipe of ``model``, with any non-None ``overrides`` applied and checked."""
+
+def get_config(model: str, dataset: str, *, backend: str | None = None, **overrides: Any) -> Config:
+    """The seed recipe of ``model``, with any non-None ``overrides`` applied and checked.
+
+    Overrides named after a :class:`~jaxcnn.compute.Compute` field (``conv``,
+    ``pool``, ``fuse``, ``dtype``, ``unroll``, ``xla_options``, ...) choose how the
+    step computes, resolved for ``backend`` (default: this process's,
+    ``jax.default_backend()``); the others are :class:`Config` fields.
+    """
     recipe = models.get_spec(model).recipe
     values = {
         "model": model,
@@ -78,10 +79,9 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
         "loss": recipe.loss,
         "normalize": recipe.normalize,
     }
+    requested = {k: overrides.pop(k) for k in list(overrides) if k in compute.FIELDS}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values["conv"] = models.resolve_conv(values.get("conv", "auto"))  # checked here
-    values["pool"] = models.resolve_pool(values.get("pool", "auto"))
-    values["xla_options"] = tuple(tuple(item) for item in values.get("xla_options", ()))
+    values["compute"] = compute.resolve(requested, backend=backend or jax.default_backend())
     config = Config(**values)
     if config.dataset not in data.DATASETS:
         raise UserError(
@@ -91,11 +91,9 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
         raise UserError(
             f"unknown optimizer '{config.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}"
         )
-    if config.dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{config.dtype}'; choose one of: {', '.join(DTYPES)}")
     if config.loss not in LOSSES:
         raise UserError(f"unknown loss '{config.loss}'; choose one of: {', '.join(LOSSES)}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "devices", "unroll", "train_limit"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "devices", "train_limit"):
         value = getattr(config, name)
         if value is not None and value < 1:  # train_limit None: all the data
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -104,42 +102,7 @@ def get_config(model: str, dataset: str, **overrides: Any) -> Config:
     if config.momentum < 0:
         raise UserError(f"--momentum must be >= 0, got {config.momentum}")
     parallel.check_batch_size(config.batch_size, config.devices)
-    check_xla_options(config.xla_options)
     return config
-
-
-def parse_xla_options(items: list[str]) -> tuple[tuple[str, Any], ...]:
-    """``["xla_name=value", ...]`` -> (name, value) pairs for ``jax.jit(compiler_options=)``.
-
-    XLA reads ints and enum lists from strings but wants a real bool, so
-    ``true``/``false`` become bools; every other value stays a string. An
-    option given twice keeps its last value, as a repeated command-line flag does.
-    """
-    options: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("xla_"):
-            raise UserError(f"--xla-option '{item}': expected xla_NAME=VALUE")
-        lowered = value.lower()
-        options[name] = lowered == "true" if lowered in ("true", "false") else value
-    return tuple(options.items())
-
-
-@functools.cache  # get_config runs per model and variant; one compile per option set
-def check_xla_options(options: tuple[tuple[str, Any], ...]) -> None:
-    """Compile a trivial program with ``options``, so a misspelt name or a bad value
-    stops the run before it starts, in XLA's own words.
-
-    Options of another backend (``xla_gpu_*`` on a CPU) are checked too: XLA
-    keeps one set of options for all backends and ignores those not its own.
-    """
-    if not options:
-        return
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(0).compile()
-    except Exception as err:  # XLA raises JaxRuntimeError (INVALID_ARGUMENT)
-        message = str(err).splitlines()[0].removeprefix("INVALID_ARGUMENT: ")
-        raise UserError(f"--xla-option: {message}") from None
 
 
 class TrainState(NamedTuple):
@@ -163,7 +126,7 @@ class Program:
     def apply(self, params: nnx.State, images: jax.Array, key: jax.Array | None) -> jax.Array:
         """Float32 model outputs for uint8 images [B,H,W,C]; dropout on iff ``key`` is given.
 
-        With ``config.dtype == "bfloat16"`` the float32 parameters and the
+        With ``compute.dtype == "bfloat16"`` the float32 parameters and the
         preprocessed input are cast to bfloat16 here, inside the differentiated
         function: the forward and backward passes run in bfloat16, the gradients
         arrive in float32 (the cast's transpose) and the optimizer updates
@@ -171,8 +134,8 @@ class Program:
         """
         rest = self.rest if key is None else with_dropout_key(self.rest, key)
         x = data.preprocess(images, self.input_shape, self.config.normalize)
-        if self.config.dtype != "float32":
-            dtype = jnp.dtype(self.config.dtype)
+        if self.config.compute.dtype != "float32":
+            dtype = jnp.dtype(self.config.compute.dtype)
             params = jax.tree.map(lambda p: p.astype(dtype), params)
             x = x.astype(dtype)
         model = nnx.merge(self.graphdef, params, rest)
@@ -183,8 +146,9 @@ class Program:
         return model(x).astype(jnp.float32)
 
     def jit(self, fn: Callable, **kwargs: Any) -> Callable:
-        """``jax.jit(fn)`` with the run's XLA compiler options (``config.xla_options``)."""
-        return jax.jit(fn, compiler_options=dict(self.config.xla_options) or None, **kwargs)
+        """``jax.jit(fn)`` with the run's XLA compiler options (``compute.xla_options``)."""
+        options = dict(self.config.compute.xla_options) or None
+        return jax.jit(fn, compiler_options=options, **kwargs)
 
 
 def with_dropout_key(rest: nnx.State, key: jax.Array) -> nnx.State:
@@ -205,20 +169,43 @@ def with_dropout_key(rest: nnx.State, key: jax.Array) -> nnx.State:
     return jax.tree.unflatten(treedef, leaves)
 
 
-def create_program(config: Config, model: nnx.Module | None = None) -> tuple[Program, TrainState]:
-    """The static program and the initial state (torch-default init from ``config.seed``)."""
-    if model is None:
-        model = models.create(config.model, rngs=nnx.Rngs(params=config.seed, dropout=config.seed))
-    models.set_impl(model, fuse=config.fuse, conv=config.conv, pool=config.pool)
+def create_program(
+    config: Config, init: nnx.Module | nnx.State | None = None
+) -> tuple[Program, TrainState]:
+    """The static program and the initial state: torch-default init from ``config.seed``,
+    or the parameters of ``init``, a model (``parity.load_torch_checkpoint(...)``) or
+    its ``nnx.Param`` state.
+
+    The model is built with ``config.compute`` placed on the run's mesh, so a
+    kernel XLA cannot partition (Pallas) knows the devices it runs over.
+    """
+    mesh = parallel.make_mesh(config.devices)
+    placed = dataclasses.replace(config.compute, mesh=mesh)
+    rngs = nnx.Rngs(params=config.seed, dropout=config.seed)
+    model = models.create(config.model, rngs=rngs, compute=placed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if init is not None:
+        init = nnx.state(init, nnx.Param) if isinstance(init, nnx.Module) else init
+        params = _checked_init(params, init)
     tx = make_optimizer(config.optimizer, config.lr, config.momentum)
     spec = models.get_spec(config.model)
-    mesh = parallel.make_mesh(config.devices)
     program = Program(graphdef, rest, tx, config, spec.input_shape, mesh)
     state = TrainState(params, tx.init(params))
     if mesh is not None:
         state = jax.device_put(state, parallel.replicated(mesh))
     return program, state
+
+
+def _checked_init(params: nnx.State, init: nnx.State) -> nnx.State:
+    """``init`` as the model's parameters, once its tree and shapes are the model's."""
+
+    def layout(tree):
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        return [(jax.tree_util.keystr(k), tuple(a.shape), str(a.dtype)) for k, a in leaves]
+
+    if layout(params) != layout(init):
+        raise UserError("the initial parameters do not fit this model (other keys or shapes)")
+    return init
 
 
 def train_step(
@@ -232,8 +219,7 @@ def train_step(
     def loss_fn(params):
         return seed_loss(program.apply(params, images, key), labels, program.config.loss)
 
-    with parallel.tracing_over(program.mesh):  # for the Pallas kernels' shard_map
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = program.tx.update(grads, state.opt_state, state.params)
     return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 
@@ -268,7 +254,7 @@ def make_epoch_fn(program: Program) -> Callable:
             body,
             state,
             (batches, step_keys[:full]),
-            unroll=max(1, min(program.config.unroll, full)),
+            unroll=max(1, min(program.config.compute.unroll, full)),
         )
         if rest:
             idx = perm[full * batch_size :]

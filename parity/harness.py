@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from jaxcnn import models
+from jaxcnn.compute import PLAIN, Compute
 from parity.convert import load_torch_state_dict
 from parity.torch_models import create_torch
 
@@ -28,11 +29,14 @@ def full_float32_precision() -> None:
     torch.set_float32_matmul_precision("highest")
 
 
-def make_pair(name: str, seed: int = 0) -> tuple[torch.nn.Module, models.SeedModel]:
-    """(torch model on TORCH_DEVICE, jaxcnn model), same weights, both in eval mode."""
+def make_pair(
+    name: str, seed: int = 0, compute: Compute = PLAIN
+) -> tuple[torch.nn.Module, models.SeedModel]:
+    """(torch model on TORCH_DEVICE, jaxcnn model computing as ``compute`` says), same
+    weights, both in eval mode."""
     torch.manual_seed(seed)
     torch_model = create_torch(name).to(TORCH_DEVICE).eval()
-    jax_model = models.create(name)
+    jax_model = models.create(name, compute=compute)
     load_torch_state_dict(jax_model, torch_model.state_dict())
     jax_model.eval()
     return torch_model, jax_model

@@ -1,14 +1,15 @@
 """The speed options keep parity: logits and gradients still match the seeds' torch models.
 
-``fuse``, ``conv="im2col"`` and ``pool="reshape"`` (see jaxcnn.models.set_impl)
-are algebraically identical rewrites, so they are held to the same tolerances as the plain form.
+Every variant of ``jaxcnn.compute.VARIANTS`` that changes what a model traces (``fuse``,
+``conv``, ``pool``) is an algebraically identical rewrite, so it is held to the same
+tolerances as the plain form.
 """
 
 import numpy as np
 import pytest
 import torch
 
-from jaxcnn import models
+from jaxcnn import compute, models
 from parity.harness import (
     as_jax,
     jax_grads,
@@ -20,12 +21,10 @@ from parity.harness import (
 )
 from parity.test_grads import GRAD_RTOL
 from parity.tolerances import GRAD_ATOL, LOGITS_ATOL
-from tests.helpers import pallas_interpreted  # noqa: F401 (fixture)
+from tests.helpers import variant
 
-# conv="pallas_wgrad" off a GPU: its kernel in Pallas's interpreter
-pytestmark = pytest.mark.usefixtures("pallas_interpreted")
-
-# fuse changes only the models that have a fused form (InceptionA)
+# fuse changes only the models that have a fused form (InceptionA); conv="pallas_wgrad"
+# runs off a GPU in Pallas's interpreter (tests.helpers.variant)
 CASES = [(name, impl) for impl in ("im2col", "reshape_pool") for name in models.MODELS] + [
     ("inception", "fused"),
     ("inception", "fused+im2col"),
@@ -38,14 +37,13 @@ CASES = [(name, impl) for impl in ("im2col", "reshape_pool") for name in models.
 ]
 
 
-def test_every_speed_option_is_held_against_torch():
-    assert {impl for _, impl in CASES} == set(models.SPEED_OPTIONS)
+def test_every_model_variant_is_held_against_torch():
+    assert {impl for _, impl in CASES} == set(compute.model_variants())
 
 
 @pytest.mark.parametrize(("name", "impl"), CASES)
 def test_speed_option_keeps_parity(name, impl):
-    torch_model, jax_model = make_pair(name, seed=5)
-    models.set_impl(jax_model, **models.SPEED_OPTIONS[impl])
+    torch_model, jax_model = make_pair(name, seed=5, compute=variant(impl))
     x, y = random_batch(name, 16, seed=5)
     with torch.no_grad():
         expected = to_numpy(torch_model(torch_input(x)))

@@ -52,8 +52,9 @@ def main() -> None:
 
     import jaxlib
 
-    from jaxcnn import aot, models, report
-    from parity import bench
+    from jaxcnn import report
+    from jaxcnn.errors import first_line
+    from jaxcnn.lab import aot, bench
 
     topo = aot.topology(args.target)  # a missing plugin stops here, in one line
     variants = {"default": {}}
@@ -61,14 +62,13 @@ def main() -> None:
         variants.update(bench.DEFAULT_VARIANTS)
     variants.update(bench.parse_variant(v) for v in args.variant)
     jobs = []
-    with models.building_for("gpu"):  # what the variants amount to on a GPU
-        for name in args.models:
-            aot.gpu_config(name)  # the name checked before any compile
-            kept: list[dict] = []
-            for label, options in variants.items():
-                if label == "default" or not bench.is_redundant(name, options, kept):
-                    kept.append(options)
-                    jobs.append((name, label, options))
+    for name in args.models:
+        aot.gpu_config(name)  # the name checked before any compile
+        kept: list[dict] = []
+        for label, options in variants.items():  # what the variants amount to on a GPU
+            if label == "default" or not bench.is_redundant(name, options, kept, backend="gpu"):
+                kept.append(options)
+                jobs.append((name, label, options))
 
     out = Path(args.out)
     report.ensure_dir(out.parent, "--out folder")
@@ -88,12 +88,11 @@ def main() -> None:
         try:
             compiled = aot.compile_epoch(config, topo)
         except Exception as err:  # one failing compile must not hide the others' counts
-            first_line = (str(err).splitlines() or [""])[0]
-            row["status"] = f"failed: {type(err).__name__}: {first_line}"[:300]
+            row["status"] = f"failed: {type(err).__name__}: {first_line(err)}"[:300]
         else:
             row["status"] = "ok"
             row["compile_seconds"] = time.perf_counter() - start
-            counts = aot.census(compiled.as_text(), config.unroll)
+            counts = aot.census(compiled.as_text(), config.compute.unroll)
             row["per_step"] = dict(counts.per_step.most_common())
             row["launches_per_step"] = counts.step_total
             row["launches_outside_loop"] = sum(counts.outside.values())

@@ -16,19 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_CACHE_DIR": "off"}
 
 
-@pytest.fixture
-def pallas_interpreted(monkeypatch):
-    """Off a GPU, ``conv="pallas_wgrad"`` runs its kernel in Pallas's interpreter.
+def variant(name: str, **more):
+    """``compute.VARIANTS[name]`` (and ``more``) over the plain form, runnable here.
 
-    The interpreter runs the same kernel program (indices, masks, loop) with XLA
-    ops; on a GPU the tests run the compiled Triton kernel instead.
+    Off a GPU, ``conv="pallas_wgrad"`` runs its kernel in Pallas's interpreter,
+    which runs the same kernel program (indices, masks, loop) with XLA ops; on a
+    GPU the tests run the compiled Triton kernel instead.
     """
+    import dataclasses
+
     import jax
 
-    from jaxcnn.models import pallas_wgrad
+    from jaxcnn import compute
 
-    if jax.default_backend() != "gpu":
-        monkeypatch.setattr(pallas_wgrad, "INTERPRET", True)
+    interpret = jax.default_backend() != "gpu"
+    return dataclasses.replace(
+        compute.PLAIN, interpret=interpret, **compute.VARIANTS.get(name, {}), **more
+    )
 
 
 @pytest.fixture

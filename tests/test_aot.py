@@ -1,4 +1,4 @@
-"""Compiling for an H100 without one (jaxcnn/aot.py, scripts/gpu_census.py).
+"""Compiling for an H100 without one (jaxcnn/lab/aot.py, scripts/gpu_census.py).
 
 The census tests compile real epochs with XLA's GPU compiler and Triton, which
 needs jax's CUDA plugin: ``.ci/run`` installs it beside the environment and sets
@@ -14,24 +14,27 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxcnn import UserError, aot, models, train
+from jaxcnn import UserError, compute, train
+from jaxcnn.lab import aot
 from tests.helpers import ENV, run_script
 
 PLUGIN = os.environ.get("JAXCNN_CUDA_PLUGIN")
 needs_plugin = pytest.mark.skipif(not PLUGIN, reason="JAXCNN_CUDA_PLUGIN is not set")
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU answers otherwise")
-def test_building_for_a_gpu_answers_as_a_gpu_would():
-    assert models.resolve_conv("auto") == "im2col"
+def test_resolving_for_a_gpu_answers_as_a_gpu_would():
+    """The backend is an argument: the same request resolves per backend, here too."""
+    assert compute.resolve({}, backend="cpu").conv == "im2col"
+    assert compute.resolve({}, backend="cpu").pool == "reshape"
     with pytest.raises(UserError, match="GPU kernel"):
-        models.resolve_conv("pallas_wgrad")
-    with models.building_for("gpu"):
-        assert models.target_backend() == "gpu"
-        assert models.resolve_conv("auto") == "xla"
-        assert models.resolve_conv("pallas_wgrad") == "pallas_wgrad"
-        assert aot.gpu_config("inception", conv="pallas_wgrad").conv == "pallas_wgrad"
-    assert models.target_backend() == "cpu"  # and only inside
+        compute.resolve({"conv": "pallas_wgrad"}, backend="cpu")
+    assert compute.resolve({}, backend="gpu").conv == "xla"
+    assert compute.resolve({}, backend="gpu").pool == "xla"
+    assert compute.resolve({"conv": "pallas_wgrad"}, backend="gpu").conv == "pallas_wgrad"
+    assert aot.gpu_config("inception", conv="pallas_wgrad").compute.conv == "pallas_wgrad"
+    # and what this process runs on is untouched by it
+    here = train.get_config("inception", "mnist").compute
+    assert here == compute.resolve({}, backend=jax.default_backend())
 
 
 def test_census_counts_the_loop_body_per_step_and_the_rest_once():
@@ -48,7 +51,9 @@ def test_census_counts_the_loop_body_per_step_and_the_rest_once():
     assert one.step_total > 0
     assert sum(one.outside.values()) > 0  # the permutation and the partial batch's step
     # two steps per iteration: per step, at most what one step per iteration launches
-    assert 0 < two.step_total <= one.step_total
+    # (XLA may fuse across the two), and more than half of it, which is what an
+    # unroll that did nothing would count (one step's body divided by two)
+    assert 0.75 * one.step_total < two.step_total <= one.step_total
 
 
 def test_census_reads_tuple_shaped_instructions_and_names_custom_calls():

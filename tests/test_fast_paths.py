@@ -15,14 +15,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn import UserError, models, train
-from jaxcnn.models import im2col, layers
+from jaxcnn import UserError, compute, kernels, models, train
+from jaxcnn.kernels import im2col
+from jaxcnn.models import layers
 from jaxcnn.objectives import seed_loss
-from tests.helpers import full_float32, pallas_interpreted  # noqa: F401 (fixtures)
+from tests.helpers import full_float32, variant  # noqa: F401 (fixture)
 
-# conv="pallas_wgrad" off a GPU: its kernel in Pallas's interpreter. On a GPU, the
-# forms are compared at full float32, or TF32 rounding would swamp the 1e-5 bounds.
-pytestmark = pytest.mark.usefixtures("pallas_interpreted", "full_float32")
+# conv="pallas_wgrad" off a GPU: its kernel in Pallas's interpreter (helpers.variant).
+# On a GPU, the forms are compared at full float32, or TF32 rounding would swamp the
+# 1e-5 bounds.
+pytestmark = pytest.mark.usefixtures("full_float32")
 
 
 def logits_and_grads(model, x, y, kind):
@@ -49,13 +51,13 @@ def count_primitive(model, x, name: str) -> int:
 
 # Every model against torch under each option: parity/test_fast_paths.py. Here, without
 # torch, the model where the options change the most, against its plain form.
-CASES = [("inception", impl) for impl in models.SPEED_OPTIONS]
+CASES = [("inception", impl) for impl in compute.model_variants()]
 
 
 @pytest.mark.parametrize(("name", "impl"), CASES)
 def test_speed_option_matches_plain_form(name, impl):
     plain = models.create(name, rngs=3)
-    fast = models.create(name, rngs=3, **models.SPEED_OPTIONS[impl])
+    fast = models.create(name, rngs=3, compute=variant(impl))
     plain.eval()
     fast.eval()
     h, w, c = models.get_spec(name).input_shape
@@ -71,15 +73,18 @@ def test_speed_option_matches_plain_form(name, impl):
         assert np.abs(got[key] - g).max() <= 1e-5 * scale + 1e-7, key
 
 
+FUSED = compute.Compute(fuse=True)
+
+
 def test_fused_inception_traces_fewer_convolutions():
     x = jnp.zeros((2, 28, 28, 1))
     plain = count_primitive(models.create("inception"), x, "conv_general_dilated")
-    fused = count_primitive(models.create("inception", fuse=True), x, "conv_general_dilated")
+    fused = count_primitive(models.create("inception", compute=FUSED), x, "conv_general_dilated")
     # per InceptionA, branch1x1, branch5x5_1, branch3x3_1 and branch_pool leave the
     # convolutions (forward, input and weight gradients) for one matmul
     assert fused < plain
     assert count_primitive(
-        models.create("inception", fuse=True), x, "dot_general"
+        models.create("inception", compute=FUSED), x, "dot_general"
     ) > count_primitive(models.create("inception"), x, "dot_general")
 
 
@@ -88,14 +93,15 @@ def test_im2col_traces_no_convolution(name):
     h, w, c = models.get_spec(name).input_shape
     x = jnp.zeros((2, h, w, c))
     assert count_primitive(models.create(name), x, "conv_general_dilated") > 0
-    assert count_primitive(models.create(name, conv="im2col"), x, "conv_general_dilated") == 0
+    im2col_model = models.create(name, compute=compute.Compute(conv="im2col"))
+    assert count_primitive(im2col_model, x, "conv_general_dilated") == 0
 
 
 CONV_CASES = [(5, 1, 0), (3, 1, 1), (1, 1, 0), (3, 2, 1), (2, 2, 0), (1, 1, 1), (5, 1, 2)]
 
 
 # im2col under each input-gradient form of its custom VJP, gemm_wgrad and pallas_wgrad.
-CONV_FORMS = [("im2col", form) for form in im2col.DX_FORMS] + [
+CONV_FORMS = [("im2col", form) for form in compute.DX_FORMS] + [
     ("gemm_wgrad", "auto"),
     ("pallas_wgrad", "auto"),
 ]
@@ -103,19 +109,20 @@ CONV_FORMS = [("im2col", form) for form in im2col.DX_FORMS] + [
 
 @pytest.mark.parametrize(("impl", "form"), CONV_FORMS)
 @pytest.mark.parametrize(("kernel", "stride", "padding"), CONV_CASES)
-def test_conv_layer_matches_xla(kernel, stride, padding, impl, form, monkeypatch):
+def test_conv_layer_matches_xla(kernel, stride, padding, impl, form):
     """Output and all three gradients of the custom-VJP convolutions against XLA's.
 
     A 2x2 kernel at stride 2 on 13x11 leaves a row and a column no window reads
     (their gradient must be zero), and padding 1 on a 1x1 kernel makes the
     correlation form crop rather than pad.
     """
-    monkeypatch.setattr(im2col, "DX_FORM", form)
-    conv = layers.Conv2d(3, 7, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 13, 11, 3))
 
     def run(impl):
-        conv.conv_impl = impl
+        how = variant("", conv=impl, dx_form=form)
+        conv = layers.Conv2d(
+            3, 7, kernel, stride=stride, padding=padding, compute=how, rngs=nnx.Rngs(0)
+        )
         graphdef, params = nnx.split(conv)
 
         def f(params, x):
@@ -140,7 +147,7 @@ def test_gemm_wgrad_traces_no_weight_gradient_convolution():
     """gemm_wgrad keeps XLA's forward and data-gradient convolutions, not the third."""
     x = jnp.zeros((2, 28, 28, 1))
     xla = count_primitive(models.create("resnet"), x, "conv_general_dilated")
-    gemm = models.create("resnet", conv="gemm_wgrad")
+    gemm = models.create("resnet", compute=compute.Compute(conv="gemm_wgrad"))
     # per conv, xla traces forward, data- and weight-gradient convolutions
     # (17 for resnet's 6); gemm_wgrad turns the weight-gradient ones into GEMMs
     assert 0 < count_primitive(gemm, x, "conv_general_dilated") < xla
@@ -149,10 +156,10 @@ def test_gemm_wgrad_traces_no_weight_gradient_convolution():
     )
 
 
-def count_pads(x_shape, kernel_shape, padding) -> int:
+def count_pads(x_shape, kernel_shape, padding, form) -> int:
     """``pad`` ops in the jaxpr of an im2col convolution's input gradient."""
     kernel = jnp.zeros(kernel_shape)
-    grad = jax.grad(lambda x: im2col.conv2d_im2col(x, kernel, None, 1, padding).sum())
+    grad = jax.grad(lambda x: im2col.conv2d_im2col(x, kernel, None, 1, padding, form).sum())
     return str(jax.make_jaxpr(grad)(jnp.zeros(x_shape))).count(" pad[")
 
 
@@ -160,24 +167,21 @@ NARROWING = ((2, 12, 12, 88), (5, 5, 88, 20), 0)  # inception's conv2
 WIDENING = ((2, 14, 14, 10), (5, 5, 10, 20), 2)  # mnist_cnn's conv2
 
 
-def test_im2col_input_gradient_form_is_the_one_chosen(monkeypatch):
+def test_im2col_input_gradient_form_is_the_one_chosen():
     """The custom VJP really replaces autodiff's col2im (kh*kw pads) where it says so.
 
     ``auto`` takes the correlation (one pad of dy) for a conv that narrows the
     channels a lot, and col2im (a pad per tap) for one that widens them.
     """
-    monkeypatch.setattr(im2col, "DX_FORM", "correlation")
-    assert count_pads(*WIDENING) <= 2
-    monkeypatch.setattr(im2col, "DX_FORM", "col2im")
-    assert count_pads(*NARROWING) >= 25
-    monkeypatch.setattr(im2col, "DX_FORM", "auto")
-    assert count_pads(*NARROWING) <= 2
-    assert count_pads(*WIDENING) >= 25
+    assert count_pads(*WIDENING, "correlation") <= 2
+    assert count_pads(*NARROWING, "col2im") >= 25
+    assert count_pads(*NARROWING, "auto") <= 2
+    assert count_pads(*WIDENING, "auto") >= 25
 
 
 def test_unknown_conv_algorithm_is_a_user_error():
     with pytest.raises(UserError, match="im2col"):
-        models.create("resnet", conv="winograd")
+        train.get_config("resnet", "fashion_mnist", conv="winograd")
     with pytest.raises(UserError, match="bfloat16"):
         train.get_config("resnet", "fashion_mnist", dtype="float16")
 
@@ -228,9 +232,10 @@ def test_reshape_max_pool_matches_xla_exactly_with_ties(shape, kernel):
     rows and columns that no window reads (floor mode): their gradient is zero.
     """
     x = jax.nn.relu(jnp.round(2 * jax.random.normal(jax.random.key(0), shape)))
-    dy = jax.random.normal(jax.random.key(1), layers.max_pool2d(x, kernel).shape)
-    want, want_vjp = jax.vjp(lambda x: layers.max_pool2d(x, kernel, "xla"), x)
-    got, got_vjp = jax.vjp(lambda x: layers.max_pool2d(x, kernel, "reshape"), x)
+    plain, reshape = compute.PLAIN, compute.Compute(pool="reshape")
+    dy = jax.random.normal(jax.random.key(1), kernels.max_pool2d(x, kernel, plain).shape)
+    want, want_vjp = jax.vjp(lambda x: kernels.max_pool2d(x, kernel, plain), x)
+    got, got_vjp = jax.vjp(lambda x: kernels.max_pool2d(x, kernel, reshape), x)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_vjp(dy)[0], want_vjp(dy)[0])
     windows = (shape[1] // kernel) * (shape[2] // kernel) * shape[0] * shape[3]
@@ -242,4 +247,5 @@ def test_reshape_pool_traces_no_select_and_scatter(name):
     h, w, c = models.get_spec(name).input_shape
     x = jnp.zeros((2, h, w, c))
     assert count_primitive(models.create(name), x, "select_and_scatter") > 0
-    assert count_primitive(models.create(name, pool="reshape"), x, "select_and_scatter") == 0
+    reshape = models.create(name, compute=compute.Compute(pool="reshape"))
+    assert count_primitive(reshape, x, "select_and_scatter") == 0

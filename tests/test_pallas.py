@@ -1,10 +1,10 @@
 """The Pallas weight-gradient kernel (``conv="pallas_wgrad"``): exact, and lowerable for CUDA.
 
-Off a GPU the kernel runs in Pallas's interpreter (the ``pallas_interpreted``
-fixture), which executes the same kernel program; what only a GPU can show is
-its speed and that Triton compiles it, and the lowering test below goes as far
-as a CPU can: the whole training step lowered for CUDA, with each kernel
-translated to Triton IR.
+Off a GPU the kernel runs in Pallas's interpreter (``interpret=True``, as
+``tests.helpers.variant`` asks for it), which executes the same kernel program;
+what only a GPU can show is its speed and that Triton compiles it, and the
+lowering test below goes as far as a CPU can: the whole training step lowered
+for CUDA, with each kernel translated to Triton IR.
 """
 
 import jax
@@ -15,10 +15,12 @@ from flax import nnx
 from jax import export, lax
 
 from jaxcnn import UserError, models, train
-from jaxcnn.models import layers, pallas_wgrad
-from tests.helpers import full_float32, pallas_interpreted  # noqa: F401 (fixtures)
+from jaxcnn.kernels import pallas_wgrad
+from jaxcnn.models import layers
+from tests.helpers import full_float32, variant  # noqa: F401 (fixture)
 
 ON_GPU = jax.default_backend() == "gpu"
+INTERPRET = not ON_GPU  # off a GPU, the kernel in Pallas's interpreter
 # The kernel's dot is full float32: so must be XLA's convolutions it is held against.
 pytestmark = pytest.mark.usefixtures("full_float32")
 
@@ -51,7 +53,6 @@ SHAPES = [
 ]
 
 
-@pytest.mark.usefixtures("pallas_interpreted")
 @pytest.mark.parametrize(("side", "cin", "cout", "k", "stride", "padding"), SHAPES)
 def test_kernel_matches_autodiff(side, cin, cout, k, stride, padding):
     n = 3
@@ -59,8 +60,8 @@ def test_kernel_matches_autodiff(side, cin, cout, k, stride, padding):
     x = jax.random.normal(jax.random.key(0), (n, side, side, cin))
     dy = jax.random.normal(jax.random.key(1), (n, out, out, cout))
     dw, db = jax.jit(
-        pallas_wgrad.weight_and_bias_grad, static_argnums=(2, 3, 4)
-    )(x, dy, (k, k), stride, padding)  # fmt: skip
+        pallas_wgrad.weight_and_bias_grad, static_argnums=(2, 3, 4, 5)
+    )(x, dy, (k, k), stride, padding, INTERPRET)  # fmt: skip
     want_w, want_b = reference_grads(x, dy, (k, k), stride, padding)
     assert dw.shape == want_w.shape and db.shape == want_b.shape
     np.testing.assert_allclose(dw, want_w, rtol=0, atol=2e-6 * np.abs(want_w).max())
@@ -82,7 +83,6 @@ def test_launch_shape_fills_the_gpu_and_splits_no_further_than_the_pixels():
             assert size >= 16 and size & (size - 1) == 0, key  # Triton's power-of-2 tiles
 
 
-@pytest.mark.usefixtures("pallas_interpreted")
 def test_bfloat16_gradients_are_close_and_keep_their_dtypes():
     x = jax.random.normal(jax.random.key(0), (4, 12, 12, 16))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 16, 24)) * 0.1
@@ -90,7 +90,7 @@ def test_bfloat16_gradients_are_close_and_keep_their_dtypes():
 
     def loss(impl, dtype):
         def f(x, kernel, bias):
-            y = impl(x.astype(dtype), kernel, bias, 1, 1)
+            y = impl(x.astype(dtype), kernel, bias, 1, 1, interpret=INTERPRET)
             return jnp.sum(jnp.sin(y.astype(jnp.float32)))
 
         return jax.grad(f, argnums=(0, 1, 2))(x, kernel, bias)
@@ -102,10 +102,9 @@ def test_bfloat16_gradients_are_close_and_keep_their_dtypes():
         assert 0 < np.abs(g - w).max() <= 0.03 * np.abs(w).max()
 
 
-@pytest.mark.usefixtures("pallas_interpreted")
 def test_each_convolution_is_one_kernel_and_no_weight_gradient_convolution():
     """Per conv: XLA's forward and data-gradient convolutions, and one pallas_call."""
-    model = models.create("resnet", conv="pallas_wgrad")
+    model = models.create("resnet", compute=variant("pallas_wgrad"))
     graphdef, state = nnx.split(model)
 
     def loss(state):
@@ -118,13 +117,13 @@ def test_each_convolution_is_one_kernel_and_no_weight_gradient_convolution():
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the kernel is compiled; nothing is refused")
-def test_off_a_gpu_the_kernel_is_refused_unless_interpreted(monkeypatch):
-    monkeypatch.setattr(pallas_wgrad, "INTERPRET", False)
+def test_off_a_gpu_the_kernel_is_refused_unless_interpreted():
     with pytest.raises(UserError, match="'pallas_wgrad' is a GPU kernel and this backend is cpu"):
         train.get_config("resnet", "fashion_mnist", conv="pallas_wgrad")
+    config = train.get_config("resnet", "fashion_mnist", conv="pallas_wgrad", interpret=True)
+    assert config.compute.conv == "pallas_wgrad" and config.compute.interpret
 
 
-@pytest.mark.usefixtures("pallas_interpreted")
 def test_an_epoch_trains_as_with_xla_convolutions():
     """The kernel inside the trainer's scanned epoch (donated state, optimizer):
     the same losses as XLA's weight gradients, step after step."""
@@ -133,7 +132,7 @@ def test_an_epoch_trains_as_with_xla_convolutions():
     labels = jnp.asarray(rng.integers(0, 10, len(images)), dtype=jnp.int32)
     losses = {}
     for conv in ("xla", "pallas_wgrad"):
-        config = train.get_config("resnet", "mnist", batch_size=16, conv=conv)
+        config = train.get_config("resnet", "mnist", batch_size=16, conv=conv, interpret=INTERPRET)
         program, state = train.create_program(config)
         _, losses[conv] = train.make_epoch_fn(program)(state, images, labels, 1)
     assert losses["xla"].shape == (3,)
@@ -142,17 +141,19 @@ def test_an_epoch_trains_as_with_xla_convolutions():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["mnist_cnn", "inception", "resnet", "convnet"])
-def test_training_step_lowers_for_cuda_with_triton_kernels(name, dtype, monkeypatch):
+def test_training_step_lowers_for_cuda_with_triton_kernels(name, dtype):
     """The real train step, lowered for CUDA from this machine (``jax.export``).
 
     Lowering runs Pallas's Triton translation of every kernel: a tile that is
     not a power of two, or an op Triton lacks, fails here. Triton's own
     compilation to PTX happens in XLA on a GPU and is not covered.
     """
-    monkeypatch.setattr(pallas_wgrad, "INTERPRET", True)  # to build the model on a CPU
-    config = train.get_config(name, "fashion_mnist", conv="pallas_wgrad", dtype=dtype)
+    # resolved for a GPU: the compiled kernel, not the interpreter, on this CPU host
+    config = train.get_config(
+        name, "fashion_mnist", backend="gpu", conv="pallas_wgrad", dtype=dtype
+    )
+    assert not config.compute.interpret
     program, state = train.create_program(config)
-    monkeypatch.setattr(pallas_wgrad, "INTERPRET", False)  # the GPU kernel from here on
     h, w, c = models.get_spec(name).input_shape
     batch = config.batch_size
     step = jax.jit(lambda s, x, y, k: train.train_step(program, s, (x, y), k))

@@ -18,11 +18,10 @@ from pathlib import Path
 import jax
 import numpy as np
 from jaxcnn import experiment, train
-from jaxcnn.models import pallas_wgrad
 from tests.helpers import make_idx_dir
-pallas_wgrad.INTERPRET = True  # a CPU: the Pallas kernel in its interpreter, under shard_map
 root = Path(sys.argv[1]); make_idx_dir(root, n=256, learnable=True)
 SGD = dict(optimizer="sgd", lr=0.01, momentum=0.5)  # why: see test_four_devices_match_one
+SGD["interpret"] = True  # a CPU: the Pallas kernel in its interpreter, under shard_map
 out = {"devices": jax.device_count()}
 for conv in ("xla", "im2col", "pallas_wgrad"):
     for n in (1, 4):
@@ -57,7 +56,7 @@ cfg = train.get_config(
 experiment.train_and_evaluate(cfg, root / "run4", progress=False)
 lines = (root / "run4" / "metrics.jsonl").read_text().splitlines()
 out["run4"] = [json.loads(line)["train_loss"] for line in lines]
-out["run4_conv"] = cfg.conv
+out["run4_conv"] = cfg.compute.conv
 print(json.dumps(out))
 """
 

@@ -1,6 +1,7 @@
 """Profiling hooks: a trace of steady-state steps, optimized HLO, cost analysis, top ops."""
 
-from jaxcnn import experiment, profiling, train
+from jaxcnn import experiment, train
+from jaxcnn.lab import profiling
 from tests.helpers import make_idx_dir
 
 
@@ -25,7 +26,7 @@ def test_profile_and_hlo_dump(tmp_path):
     assert stats["kernels_per_step"] >= 5 and stats["busy_ms_per_step"] > 0
     hlo = (tmp_path / "hlo" / "basic_cnn_epoch.hlo.txt").read_text()
     # the epoch's loop, and the model's convolutions as the chosen algorithm compiles them
-    conv_op = "convolution(" if config.conv == "xla" else " dot("
+    conv_op = "convolution(" if config.compute.conv == "xla" else " dot("
     assert hlo.startswith("HloModule") and conv_op in hlo and "while" in hlo
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jaxcnn import kernels
+from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.errors import UserError
-from jaxcnn.models.layers import max_pool2d
 
 
 class SeedModel(nnx.Module):
-    """Base class: subclasses set ``input_shape`` and implement ``forward``.
+    """Base class: subclasses set ``input_shape`` and ``compute`` and implement ``forward``.
 
     The shape check runs in Python at trace time, so under ``jit`` it costs
     nothing, and a wrong shape fails with the expected (H, W, C) instead of a
@@ -19,7 +20,7 @@ class SeedModel(nnx.Module):
 
     input_shape: tuple[int, int, int]  # (H, W, C)
     model_name: str | None = None  # set by jaxcnn.models.create for error messages
-    pool_impl: str = "xla"  # how max_pool computes (layers.POOL_IMPLS; models.set_impl)
+    compute: Compute = PLAIN  # how it computes: given to the constructor, passed down
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (or log-probabilities, where the seed returns them). [N,H,W,C] -> [N,10]."""
@@ -43,5 +44,5 @@ class SeedModel(nnx.Module):
         raise NotImplementedError
 
     def max_pool(self, x: jax.Array, kernel_size: int = 2) -> jax.Array:
-        """The seeds' ``F.max_pool2d(x, k)``, computed as ``pool_impl`` says."""
-        return max_pool2d(x, kernel_size, self.pool_impl)
+        """The seeds' ``F.max_pool2d(x, k)``, computed as ``compute.pool`` says."""
+        return kernels.max_pool2d(x, kernel_size, self.compute)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.layers import Conv2d, Dropout2d, Linear, flatten_chw
 
@@ -17,10 +18,11 @@ class ConvNet(SeedModel):
     Call ``model.eval()`` for inference, ``model.train()`` to train.
     """
 
-    def __init__(self, *, rngs: nnx.Rngs):
+    def __init__(self, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.input_shape = (28, 28, 1)
-        self.conv1 = Conv2d(1, 32, 3, rngs=rngs)
-        self.conv2 = Conv2d(32, 64, 3, rngs=rngs)
+        self.compute = compute
+        self.conv1 = Conv2d(1, 32, 3, compute=compute, rngs=rngs)
+        self.conv2 = Conv2d(32, 64, 3, compute=compute, rngs=rngs)
         self.dropout1 = Dropout2d(0.25, rngs=rngs)
         self.dropout2 = Dropout2d(0.5, rngs=rngs)
         self.fc1 = Linear(9216, 128, rngs=rngs)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.layers import Conv2d, Linear, avg_pool2d, flatten_chw
 
@@ -16,24 +17,23 @@ class InceptionA(nnx.Module):
     The branch order of the concatenation (1x1, 5x5, 3x3, pool) fixes the
     channel order the next conv was trained on, so it is the seed's order.
 
-    ``fuse`` (set through ``models.create(..., fuse=True)``) computes the four
-    1x1 convolutions that read the block's input as one wider matmul and
-    splits after (see :meth:`fused_1x1`); the parameters stay the seed's.
+    ``compute.fuse`` computes the four 1x1 convolutions that read the block's
+    input as one wider matmul and splits after (see :meth:`fused_1x1`); the
+    parameters stay the seed's.
     """
 
-    fuse: bool = False
-
-    def __init__(self, in_channels: int, *, rngs: nnx.Rngs):
-        self.branch1x1 = Conv2d(in_channels, 16, 1, rngs=rngs)
-        self.branch5x5_1 = Conv2d(in_channels, 16, 1, rngs=rngs)
-        self.branch5x5_2 = Conv2d(16, 24, 5, padding=2, rngs=rngs)
-        self.branch3x3_1 = Conv2d(in_channels, 16, 1, rngs=rngs)
-        self.branch3x3_2 = Conv2d(16, 24, 3, padding=1, rngs=rngs)
-        self.branch3x3_3 = Conv2d(24, 24, 3, padding=1, rngs=rngs)
-        self.branch_pool = Conv2d(in_channels, 24, 1, rngs=rngs)
+    def __init__(self, in_channels: int, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
+        self.compute = compute
+        self.branch1x1 = Conv2d(in_channels, 16, 1, compute=compute, rngs=rngs)
+        self.branch5x5_1 = Conv2d(in_channels, 16, 1, compute=compute, rngs=rngs)
+        self.branch5x5_2 = Conv2d(16, 24, 5, padding=2, compute=compute, rngs=rngs)
+        self.branch3x3_1 = Conv2d(in_channels, 16, 1, compute=compute, rngs=rngs)
+        self.branch3x3_2 = Conv2d(16, 24, 3, padding=1, compute=compute, rngs=rngs)
+        self.branch3x3_3 = Conv2d(24, 24, 3, padding=1, compute=compute, rngs=rngs)
+        self.branch_pool = Conv2d(in_channels, 24, 1, compute=compute, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.fuse:
+        if self.compute.fuse:
             branch1x1, branch5x5, branch3x3, branch_pool = self.fused_1x1(x)
         else:
             branch1x1 = self.branch1x1(x)
@@ -72,12 +72,13 @@ class InceptionA(nnx.Module):
 class Inception(SeedModel):
     """Seed 003 ``Model`` with ``incep1``/``incep2``; pool before ReLU as in the seed."""
 
-    def __init__(self, *, rngs: nnx.Rngs):
+    def __init__(self, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.input_shape = (28, 28, 1)
-        self.conv1 = Conv2d(1, 10, 5, rngs=rngs)
-        self.conv2 = Conv2d(88, 20, 5, rngs=rngs)
-        self.incep1 = InceptionA(10, rngs=rngs)
-        self.incep2 = InceptionA(20, rngs=rngs)
+        self.compute = compute
+        self.conv1 = Conv2d(1, 10, 5, compute=compute, rngs=rngs)
+        self.conv2 = Conv2d(88, 20, 5, compute=compute, rngs=rngs)
+        self.incep1 = InceptionA(10, compute=compute, rngs=rngs)
+        self.incep2 = InceptionA(20, compute=compute, rngs=rngs)
         self.fc = Linear(1408, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import linen, nnx
 
-from jaxcnn.models.im2col import conv2d_gemm_wgrad, conv2d_im2col
-from jaxcnn.models.pallas_wgrad import conv2d_pallas_wgrad
+from jaxcnn import kernels
+from jaxcnn.compute import PLAIN, Compute
 
 
 def torch_default_init(fan_in: int) -> nnx.Initializer:
@@ -35,42 +34,31 @@ def torch_default_init(fan_in: int) -> nnx.Initializer:
     return init
 
 
-# The custom-VJP algorithms by name; "xla" is nnx.Conv's own call.
-_CONV_FNS = {
-    "im2col": conv2d_im2col,
-    "gemm_wgrad": conv2d_gemm_wgrad,
-    "pallas_wgrad": conv2d_pallas_wgrad,
-}
-CONV_IMPLS = ("xla", *_CONV_FNS)
-
-
 class Conv2d(nnx.Conv):
     """``torch.nn.Conv2d`` as an ``nnx.Conv`` (NHWC, HWIO kernel, torch init).
 
     PyTorch's integer ``padding`` is symmetric zero padding; Flax's default is
     ``'SAME'``, so the padding is always spelled out here.
 
-    ``conv_impl`` picks the algorithm (set through ``models.create(...,
-    conv="im2col")``; the parameters are the same either way):
+    ``compute.conv`` picks the algorithm (``models.create(..., compute=...)``
+    passes it down; the parameters are the same either way):
 
     * ``"xla"``: ``lax.conv_general_dilated``, which XLA hands to cuDNN on a GPU.
     * ``"im2col"``: the kh*kw shifted views of the input concatenated on channels
       and one matmul with the kernel reshaped to [kh*kw*C_in, C_out]
-      (:func:`~jaxcnn.models.im2col.conv2d_im2col`), with both gradients as
+      (:func:`~jaxcnn.kernels.im2col.conv2d_im2col`), with both gradients as
       GEMMs too. The same sums in another order. For the seeds' tiny images
       and channel counts, GEMMs can beat a convolution library's
       small-problem kernels.
     * ``"gemm_wgrad"``: XLA's convolution and input gradient, the weight
       gradient as im2col's GEMM
-      (:func:`~jaxcnn.models.im2col.conv2d_gemm_wgrad`): for cuDNN, whose
+      (:func:`~jaxcnn.kernels.im2col.conv2d_gemm_wgrad`): for cuDNN, whose
       weight-gradient kernels were the slow ones on the H100.
     * ``"pallas_wgrad"``: XLA's convolution and input gradient, the weight and
       bias gradients in one Pallas kernel
-      (:func:`~jaxcnn.models.pallas_wgrad.conv2d_pallas_wgrad`): one launch
+      (:func:`~jaxcnn.kernels.pallas_wgrad.conv2d_pallas_wgrad`): one launch
       where cuDNN's path takes a memset, ``wgrad_alg0`` and a reduce. GPU only.
     """
-
-    conv_impl: str = "xla"
 
     def __init__(
         self,
@@ -81,6 +69,7 @@ class Conv2d(nnx.Conv):
         stride: int = 1,
         padding: int = 0,
         bias: bool = True,
+        compute: Compute = PLAIN,
         rngs: nnx.Rngs,
     ):
         init = torch_default_init(in_channels * kernel_size * kernel_size)
@@ -97,15 +86,15 @@ class Conv2d(nnx.Conv):
         )
         self.torch_stride = stride
         self.torch_padding = padding
+        self.compute = compute
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.conv_impl == "xla":
+        if self.compute.conv == "xla":
             return super().__call__(x)
-        conv = _CONV_FNS.get(self.conv_impl)
-        if conv is None:
-            raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
         bias = None if self.bias is None else self.bias[...]
-        return conv(x, self.kernel[...], bias, self.torch_stride, self.torch_padding)
+        return kernels.conv2d(
+            x, self.kernel[...], bias, self.torch_stride, self.torch_padding, self.compute
+        )
 
 
 def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:  # noqa: N802
@@ -114,71 +103,16 @@ def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear
     return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
 
 
-POOL_IMPLS = ("xla", "reshape")
-
-
-def max_pool2d(x: jax.Array, kernel_size: int = 2, impl: str = "xla") -> jax.Array:
-    """``F.max_pool2d(x, k)``: stride defaults to the kernel size, no padding. [N,H,W,C].
-
-    ``impl="xla"``: XLA's ``reduce_window``, whose gradient autodiff writes as
-    ``select_and_scatter`` into a zeroed buffer (two kernels). ``"reshape"``: the
-    same maximum over a ``[N, H/k, k, W/k, k, C]`` view, with a gradient of
-    elementwise ops that XLA fuses with its neighbours (:func:`_max_pool_reshape`).
-    """
-    if impl == "xla":
-        window = (kernel_size, kernel_size)
-        return linen.max_pool(x, window, strides=window)
-    if impl == "reshape":
-        return _max_pool_reshape(x, kernel_size)
-    raise ValueError(f"unknown pool impl {impl!r}; choose one of {POOL_IMPLS}")
-
-
-def _windows(x: jax.Array, k: int) -> jax.Array:
-    """The k x k windows of ``x`` (rows and columns past the last whole window dropped,
-    PyTorch's floor mode): [N,H,W,C] -> [N, H//k, k, W//k, k, C]."""
-    n, h, w, c = x.shape
-    return x[:, : h // k * k, : w // k * k].reshape(n, h // k, k, w // k, k, c)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_reshape(x: jax.Array, k: int) -> jax.Array:
-    return _windows(x, k).max(axis=(2, 4))
-
-
-def _max_pool_reshape_fwd(x, k):
-    return _max_pool_reshape(x, k), x
-
-
-def _max_pool_reshape_bwd(k, x, dy):
-    """All of a window's gradient to its first maximum in row-major order.
-
-    That is what PyTorch's max-pool backward and XLA's ``select_and_scatter``
-    (``ge``) do with ties, and ties are common here (a window of ReLU zeros).
-    Autodiff of ``max`` would split the gradient among them instead.
-    """
-    n, h, w, c = x.shape
-    windows = _windows(x, k)
-    hit = windows == windows.max(axis=(2, 4), keepdims=True)
-    flat = hit.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // k, w // k, k * k, c)
-    first = flat & (jnp.cumsum(flat, axis=3) == 1)  # window positions in row-major order
-    first = first.reshape(n, h // k, w // k, k, k, c).transpose(0, 1, 3, 2, 4, 5)
-    dx = jnp.where(first, dy[:, :, None, :, None, :], 0).reshape(n, h // k * k, w // k * k, c)
-    return (jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0))),)
-
-
-_max_pool_reshape.defvjp(_max_pool_reshape_fwd, _max_pool_reshape_bwd)
-
-
 class MaxPool2d(nnx.Module):
-    """``torch.nn.MaxPool2d(k)`` (seed 000's ``Sequential``); ``pool_impl`` as in
-    :func:`max_pool2d`, set by ``models.set_impl``."""
+    """``torch.nn.MaxPool2d(k)`` (seed 000's ``Sequential``), computed as
+    ``compute.pool`` says (:func:`jaxcnn.kernels.max_pool2d`)."""
 
-    def __init__(self, kernel_size: int = 2):
+    def __init__(self, kernel_size: int = 2, *, compute: Compute = PLAIN):
         self.kernel_size = kernel_size
-        self.pool_impl = "xla"
+        self.compute = compute
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return max_pool2d(x, self.kernel_size, self.pool_impl)
+        return kernels.max_pool2d(x, self.kernel_size, self.compute)
 
 
 def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int) -> jax.Array:

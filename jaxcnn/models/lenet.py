@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.layers import Conv2d, Linear, flatten_chw
 
@@ -20,11 +21,12 @@ relu = jax.nn.relu
 class SimpleCNN(SeedModel):
     """Seed 001: ``SimpleCNN(input_size, n_feature=6, output_size)``; outputs log-probabilities."""
 
-    def __init__(self, n_feature: int = 6, *, rngs: nnx.Rngs):
+    def __init__(self, n_feature: int = 6, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.input_shape = (28, 28, 1)
+        self.compute = compute
         self.n_feature = n_feature
-        self.conv1 = Conv2d(1, n_feature, 5, rngs=rngs)
-        self.conv2 = Conv2d(n_feature, n_feature, 5, rngs=rngs)
+        self.conv1 = Conv2d(1, n_feature, 5, compute=compute, rngs=rngs)
+        self.conv2 = Conv2d(n_feature, n_feature, 5, compute=compute, rngs=rngs)
         self.fc1 = Linear(n_feature * 4 * 4, 50, rngs=rngs)
         self.fc2 = Linear(50, 10, rngs=rngs)
 
@@ -39,10 +41,11 @@ class SimpleCNN(SeedModel):
 class LeNet5(SeedModel):
     """Seed 002 section 3.4 ``ConvNet``: classic LeNet-5 on 32x32 input."""
 
-    def __init__(self, *, rngs: nnx.Rngs):
+    def __init__(self, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.input_shape = (32, 32, 1)
-        self.conv1 = Conv2d(1, 6, 5, rngs=rngs)
-        self.conv2 = Conv2d(6, 16, 5, rngs=rngs)
+        self.compute = compute
+        self.conv1 = Conv2d(1, 6, 5, compute=compute, rngs=rngs)
+        self.conv2 = Conv2d(6, 16, 5, compute=compute, rngs=rngs)
         self.fc1 = Linear(16 * 5 * 5, 120, rngs=rngs)
         self.fc2 = Linear(120, 84, rngs=rngs)
         self.fc3 = Linear(84, 10, rngs=rngs)
@@ -59,10 +62,11 @@ class LeNet5(SeedModel):
 class BasicCNN(SeedModel):
     """Seed 003's first ``Model``: note ``relu(pool(conv(x)))``, pool before ReLU."""
 
-    def __init__(self, *, rngs: nnx.Rngs):
+    def __init__(self, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.input_shape = (28, 28, 1)
-        self.conv1 = Conv2d(1, 10, 5, rngs=rngs)
-        self.conv2 = Conv2d(10, 20, 5, rngs=rngs)
+        self.compute = compute
+        self.conv1 = Conv2d(1, 10, 5, compute=compute, rngs=rngs)
+        self.conv2 = Conv2d(10, 20, 5, compute=compute, rngs=rngs)
         self.fc = Linear(320, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
@@ -74,10 +78,11 @@ class BasicCNN(SeedModel):
 class BlitzNet(SeedModel):
     """Seed 004 ``Net`` (the PyTorch 60-minute blitz): 3x3 kernels, 32x32 input."""
 
-    def __init__(self, *, rngs: nnx.Rngs):
+    def __init__(self, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.input_shape = (32, 32, 1)
-        self.conv1 = Conv2d(1, 6, 3, rngs=rngs)
-        self.conv2 = Conv2d(6, 16, 3, rngs=rngs)
+        self.compute = compute
+        self.conv1 = Conv2d(1, 6, 3, compute=compute, rngs=rngs)
+        self.conv2 = Conv2d(6, 16, 3, compute=compute, rngs=rngs)
         self.fc1 = Linear(16 * 6 * 6, 120, rngs=rngs)
         self.fc2 = Linear(120, 84, rngs=rngs)
         self.fc3 = Linear(84, 10, rngs=rngs)

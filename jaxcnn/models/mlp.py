@@ -14,6 +14,7 @@ from functools import partial
 import jax
 from flax import nnx
 
+from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.layers import Linear, flatten_chw
 
@@ -21,8 +22,9 @@ from jaxcnn.models.layers import Linear, flatten_chw
 class MLP(SeedModel):
     """784 -> n_hidden -> n_hidden -> 10, log-probabilities out."""
 
-    def __init__(self, n_hidden: int = 8, *, rngs: nnx.Rngs):
+    def __init__(self, n_hidden: int = 8, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.input_shape = (28, 28, 1)
+        self.compute = compute
         self.network = nnx.Sequential(
             Linear(28 * 28, n_hidden, rngs=rngs),
             jax.nn.relu,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.layers import Conv2d, Linear, flatten_chw
 
@@ -14,10 +15,10 @@ relu = jax.nn.relu
 class ResidualBlock(nnx.Module):
     """``relu(x + conv2(relu(conv1(x))))`` with channel-preserving 3x3 convs."""
 
-    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+    def __init__(self, channels: int, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.channels = channels
-        self.conv1 = Conv2d(channels, channels, 3, padding=1, rngs=rngs)
-        self.conv2 = Conv2d(channels, channels, 3, padding=1, rngs=rngs)
+        self.conv1 = Conv2d(channels, channels, 3, padding=1, compute=compute, rngs=rngs)
+        self.conv2 = Conv2d(channels, channels, 3, padding=1, compute=compute, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = relu(self.conv1(x))
@@ -28,12 +29,13 @@ class ResidualBlock(nnx.Module):
 class ResNet(SeedModel):
     """Seed 003 residual ``Model``: here ReLU comes *before* the pool, as written."""
 
-    def __init__(self, *, rngs: nnx.Rngs):
+    def __init__(self, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
         self.input_shape = (28, 28, 1)
-        self.conv1 = Conv2d(1, 16, 5, rngs=rngs)
-        self.conv2 = Conv2d(16, 32, 5, rngs=rngs)
-        self.rblock1 = ResidualBlock(16, rngs=rngs)
-        self.rblock2 = ResidualBlock(32, rngs=rngs)
+        self.compute = compute
+        self.conv1 = Conv2d(1, 16, 5, compute=compute, rngs=rngs)
+        self.conv2 = Conv2d(16, 32, 5, compute=compute, rngs=rngs)
+        self.rblock1 = ResidualBlock(16, compute=compute, rngs=rngs)
+        self.rblock2 = ResidualBlock(32, compute=compute, rngs=rngs)
         self.fc = Linear(512, 10, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:

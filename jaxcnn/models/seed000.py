@@ -12,6 +12,7 @@ from functools import partial
 import jax
 from flax import nnx
 
+from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.layers import Conv2d, Linear, MaxPool2d, flatten_chw
 
@@ -19,14 +20,27 @@ from jaxcnn.models.layers import Conv2d, Linear, MaxPool2d, flatten_chw
 class Seed000CNN(SeedModel):
     """Conv(k5, pad 2)-ReLU-MaxPool(2), twice, then Linear to 10 classes."""
 
-    def __init__(self, in_channels: int, channels: tuple[int, int], size: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: tuple[int, int],
+        size: int,
+        *,
+        compute: Compute = PLAIN,
+        rngs: nnx.Rngs,
+    ):
         c1, c2 = channels
         self.input_shape = (size, size, in_channels)
+        self.compute = compute
         self.conv1 = nnx.Sequential(
-            Conv2d(in_channels, c1, 5, padding=2, rngs=rngs), jax.nn.relu, MaxPool2d(2)
+            Conv2d(in_channels, c1, 5, padding=2, compute=compute, rngs=rngs),
+            jax.nn.relu,
+            MaxPool2d(2, compute=compute),
         )
         self.conv2 = nnx.Sequential(
-            Conv2d(c1, c2, 5, padding=2, rngs=rngs), jax.nn.relu, MaxPool2d(2)
+            Conv2d(c1, c2, 5, padding=2, compute=compute, rngs=rngs),
+            jax.nn.relu,
+            MaxPool2d(2, compute=compute),
         )
         side = size // 4
         self.out = nnx.Sequential(Linear(side * side * c2, 10, rngs=rngs))

@@ -12,6 +12,7 @@ GEMM. ``conv2d_gemm_wgrad`` keeps XLA's convolution and data gradient and
 takes only the weight-gradient GEMM.
 
 All arrays are NHWC with HWIO kernels, as in :class:`~jaxcnn.models.layers.Conv2d`.
+The input-gradient form is the ``dx_form`` argument (``Compute.dx_form``).
 """
 
 from __future__ import annotations
@@ -47,21 +48,28 @@ def patches(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
 
 
 def conv2d_im2col(
-    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, stride: int = 1, padding: int = 0
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    stride: int = 1,
+    padding: int = 0,
+    dx_form: str = "auto",
 ) -> jax.Array:
     """``F.conv2d`` with symmetric zero ``padding``: [N,H,W,C] x HWIO -> [N,H',W',O].
 
+    ``dx_form``: the input gradient as ``"correlation"``, ``"col2im"`` or, with
+    ``"auto"``, whichever writes fewer elements (:func:`_dx_form`).
     The bias is added outside the custom VJP, so its gradient (a sum over
     N,H',W') is left to autodiff.
     """
-    y = _conv(x, kernel.astype(x.dtype), stride, padding, x.shape[1:3])
+    y = _conv(x, kernel.astype(x.dtype), stride, padding, x.shape[1:3], dx_form)
     return y if bias is None else y + bias.astype(y.dtype)
 
 
 # in_hw (x's spatial size) is static too: with a stride, the input rows no
 # window reads cannot be recovered from the output's size.
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, in_hw) -> jax.Array:
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, in_hw, dx_form) -> jax.Array:
     return _forward(x, kernel, stride, padding)[0]
 
 
@@ -71,17 +79,17 @@ def _forward(x, kernel, stride, padding):
     return cols @ kernel.reshape(kh * kw * cin, cout), cols
 
 
-def _conv_fwd(x, kernel, stride, padding, in_hw):
+def _conv_fwd(x, kernel, stride, padding, in_hw, dx_form):
     y, cols = _forward(x, kernel, stride, padding)
     return y, (cols, kernel)
 
 
-def _conv_bwd(stride, padding, in_hw, residuals, dy):
+def _conv_bwd(stride, padding, in_hw, dx_form, residuals, dy):
     cols, kernel = residuals
     kh, kw, cin, _ = kernel.shape
     dkernel = _weight_grad(cols, dy, kernel.shape)
     x_shape = (dy.shape[0], *in_hw, cin)
-    if _dx_form(x_shape, dy.shape, kh * kw, padding) == "correlation":
+    if _dx_form(dx_form, x_shape, dy.shape, kh * kw, padding) == "correlation":
         dx = _dx_correlation(dy, kernel, stride, padding, in_hw)
     else:
         dx = _dx_col2im(dy, kernel, stride, padding, x_shape)
@@ -99,8 +107,9 @@ def _weight_grad(cols: jax.Array, dy: jax.Array, shape) -> jax.Array:
     return lax.dot_general(dy, cols, (batch, ((), ()))).T.reshape(shape)
 
 
-def _dx_form(x_shape, y_shape, taps: int, padding: int) -> str:
-    """Pick the input-gradient form by the elements each one writes.
+def _dx_form(requested: str, x_shape, y_shape, taps: int, padding: int) -> str:
+    """The input-gradient form: ``requested``, unless it is ``"auto"``; then the form
+    picked by the elements each one writes.
 
     The correlation writes a [N,H,W,taps*C_out] patch matrix. col2im writes the
     [N,H',W',taps*C_in] patch gradient and ``taps`` padded input-sized copies,
@@ -111,8 +120,8 @@ def _dx_form(x_shape, y_shape, taps: int, padding: int) -> str:
     conv2, resnet's blocks) the correlation was no faster or up to 15% slower.
     Hence the correlation only where it writes under a quarter as much.
     """
-    if DX_FORM != "auto":
-        return DX_FORM
+    if requested != "auto":
+        return requested
     _, h, w, cin = x_shape
     _, oh, ow, cout = y_shape
     correlation = h * w * taps * cout
@@ -120,11 +129,7 @@ def _dx_form(x_shape, y_shape, taps: int, padding: int) -> str:
     return "correlation" if correlation <= CORRELATION_RATIO * col2im else "col2im"
 
 
-DX_FORMS = ("auto", "correlation", "col2im")
 CORRELATION_RATIO = 0.25
-# "correlation" / "col2im" force one form (tests, benchmarks); read when a step
-# is traced, so set it before the first call of a jitted function.
-DX_FORM = "auto"
 
 
 def _dx_correlation(dy, kernel, stride, padding, in_hw):

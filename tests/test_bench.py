@@ -1,4 +1,4 @@
-"""scripts/bench.py and parity/bench.py: rows, ratios, targets, files, continuation.
+"""scripts/bench.py and jaxcnn/lab/bench.py: rows, ratios, targets, files, continuation.
 
 The GPU numbers themselves come from running the script on a GPU; here it runs
 on whatever machine the tests run on, on a few hundred synthetic images, and
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from jaxcnn import UserError, models
-from parity import bench
+from jaxcnn import UserError, compute
+from jaxcnn.lab import bench
 from tests.helpers import make_idx_dir, run_script
 
 
@@ -24,7 +24,8 @@ def test_bench_script_end_to_end(tmp_path):
     make_idx_dir(data_dir, n=200)
     out = tmp_path / "bench"
     # the algorithm train.py does not pick by default here, so the variant is a new row
-    other = "xla" if models.resolve_conv("auto") == "im2col" else "im2col"
+    backend = jax.default_backend()
+    other = "xla" if compute.resolve(backend=backend).conv == "im2col" else "im2col"
     args = [
         "--data-dir", str(data_dir), "--models", "mnist_cnn", "--batch-sizes", "seed", "64",
         "--epochs", "2", "--arms", "torch_eager", "torch_graph", "jaxcnn", "--no-variants",
@@ -49,13 +50,22 @@ def test_bench_script_end_to_end(tmp_path):
         assert abs(variant["test_accuracy"] - plain["test_accuracy"]) <= 0.01
         assert by_key[(batch, "torch_eager")]["status"] == "ok"
         graph = by_key[(batch, "torch_graph")]["status"]
-        assert graph == "ok" if torch.cuda.is_available() else graph.startswith("skipped: CUDA")
+        if torch.cuda.is_available():
+            assert graph == "ok"
+        else:
+            assert graph == "skipped: CUDA graphs need a CUDA GPU"
         pallas = by_key[(batch, "jaxcnn:pallas")]["status"]
-        on_gpu = jax.default_backend() == "gpu"
-        assert pallas == "ok" if on_gpu else pallas.startswith("skipped: conv algorithm 'pallas")
+        if backend == "gpu":
+            assert pallas == "ok"
+        else:
+            assert pallas.startswith("skipped: conv algorithm 'pallas_wgrad' is a GPU kernel")
     table = out.with_suffix(".md").read_text()
     assert "| `mnist_cnn` | 100 | jaxcnn | " in table
-    assert "targets are for an H100" in table or "target <= 0.09 s" in table
+    device = jax.devices()[0].device_kind
+    if "H100" in device:
+        assert "target <= 0.09 s" in table
+    else:
+        assert f"The issue's speed targets are for an H100; not checked on {device}." in table
     assert out.with_suffix(".png").stat().st_size > 0
 
     # --keep continues: rows already there are not run again
@@ -70,12 +80,12 @@ def test_bench_script_end_to_end(tmp_path):
 
 
 def test_parse_variant():
-    assert bench.parse_variant("fast:fuse=1,conv=im2col,unroll=4") == (
+    assert compute.parse_variant("fast:fuse=1,conv=im2col,unroll=4") == (
         "fast",
         {"fuse": True, "conv": "im2col", "unroll": 4},
     )
     # an item without "=" continues an XLA option's comma list
-    assert bench.parse_variant("cb:xla_gpu_enable_command_buffer=FUSION,WHILE,unroll=2") == (
+    assert compute.parse_variant("cb:xla_gpu_enable_command_buffer=FUSION,WHILE,unroll=2") == (
         "cb",
         {"unroll": 2, "xla_options": (("xla_gpu_enable_command_buffer", "FUSION,WHILE"),)},
     )
@@ -89,25 +99,29 @@ def test_parse_variant():
         "f:xla_a=B,unroll=2,C",
     ]:
         with pytest.raises(UserError, match="--variant"):
-            bench.parse_variant(bad)
+            compute.parse_variant(bad)
 
 
-def test_variants_that_repeat_the_defaults_are_skipped():
-    assert not bench.is_redundant("inception", {"fuse": True})
-    assert bench.is_redundant("mnist_cnn", {"fuse": True})  # nothing to fuse
-    assert not bench.is_redundant("mnist_cnn", {"dtype": "bfloat16"})
-    assert not bench.is_redundant("mnist_cnn", {"unroll": 4})
-    auto = models.resolve_conv("auto")
-    other = "xla" if auto == "im2col" else "im2col"
-    assert bench.is_redundant("resnet", {"conv": auto})
-    assert not bench.is_redundant("resnet", {"conv": other})
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_variants_that_repeat_the_defaults_are_skipped(backend):
+    """Whether a variant repeats the defaults is answered for the backend named."""
+
+    def redundant(name, options, before=()):
+        return bench.is_redundant(name, options, list(before), backend=backend)
+
+    assert not redundant("inception", {"fuse": True})
+    assert redundant("mnist_cnn", {"fuse": True})  # nothing to fuse
+    assert not redundant("mnist_cnn", {"dtype": "bfloat16"})
+    assert not redundant("mnist_cnn", {"unroll": 4})
+    auto, other = ("im2col", "xla") if backend == "cpu" else ("xla", "im2col")
+    assert redundant("resnet", {"conv": auto})
+    assert not redundant("resnet", {"conv": other})
     # XLA options count on their own backend only
-    on_gpu = jax.default_backend() == "gpu"
-    assert bench.is_redundant("resnet", bench.DEFAULT_VARIANTS["cmdbuf_while"]) == (not on_gpu)
+    assert redundant("resnet", compute.VARIANTS["cmdbuf_while"]) == (backend == "cpu")
     cpu_option = {"xla_options": (("xla_cpu_enable_fast_math", True),)}
-    assert bench.is_redundant("resnet", cpu_option) == on_gpu
+    assert redundant("resnet", cpu_option) == (backend == "gpu")
     # a variant that repeats an earlier one is skipped too
-    assert bench.is_redundant("inception", {"fuse": True, "conv": auto}, [{"fuse": True}])
+    assert redundant("inception", {"fuse": True, "conv": auto}, [{"fuse": True}])
 
 
 def row(arm, median, batch=100, model="mnist_cnn", **options):

@@ -23,11 +23,12 @@ where XLA's convolutions default to TF32 on a GPU; in bfloat16 it takes
 bfloat16 inputs and accumulates in float32.
 
 XLA's partitioner cannot split a custom kernel over devices, so under
-``--devices`` it runs per device in ``shard_map`` (``parallel.batch_sum``).
+``--devices`` it runs per device in ``shard_map`` (:func:`batch_sum`), over the
+``mesh`` it is given (``Compute.mesh``).
 
-Off a GPU it runs only in Pallas's interpreter, which is slow and meant for
-tests: set :data:`INTERPRET` (``models.resolve_conv`` refuses the algorithm on
-a CPU otherwise).
+Off a GPU it runs only in Pallas's interpreter (``interpret=True``,
+``Compute.interpret``), which is slow and meant for tests; ``compute.resolve``
+refuses the algorithm off a GPU otherwise.
 """
 
 from __future__ import annotations
@@ -39,13 +40,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
+from jax.sharding import Mesh, PartitionSpec
 
-from jaxcnn import parallel
-from jaxcnn.models.im2col import plain_conv, plain_input_grad
-
-# True: run the kernel in Pallas's interpreter on any backend (the CPU tests).
-# Read when a step is traced, so set it before the first call of a jitted function.
-INTERPRET = False
+from jaxcnn.kernels.im2col import plain_conv, plain_input_grad
 
 # Launch shape. Not tuned on a GPU yet (the session that wrote this had none):
 # about two programs per H100 SM (132), channel blocks of at most 64 so that a
@@ -58,36 +55,76 @@ NUM_STAGES = 2
 
 
 def conv2d_pallas_wgrad(
-    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, stride: int = 1, padding: int = 0
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    stride: int = 1,
+    padding: int = 0,
+    *,
+    interpret: bool = False,
+    mesh: Mesh | None = None,
 ) -> jax.Array:
-    """``F.conv2d`` (NHWC, HWIO) with XLA's forward and data gradient, and dW, db from Pallas."""
+    """``F.conv2d`` (NHWC, HWIO) with XLA's forward and data gradient, and dW, db from Pallas.
+
+    ``interpret``: run the kernel in Pallas's interpreter (any backend);
+    ``mesh``: the data-parallel mesh the step's batch is split over, if any.
+    """
     dtype = x.dtype
     bias = jnp.zeros((0,), dtype) if bias is None else bias.astype(dtype)
-    return _conv(x, kernel.astype(dtype), bias, stride, padding)
+    return _conv(x, kernel.astype(dtype), bias, stride, padding, interpret, mesh)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv(x, kernel, bias, stride, padding):
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _conv(x, kernel, bias, stride, padding, interpret, mesh):
     y = plain_conv(x, kernel, stride, padding)
     return y + bias if bias.size else y
 
 
-def _conv_fwd(x, kernel, bias, stride, padding):
-    return _conv(x, kernel, bias, stride, padding), (x, kernel, bias)
+def _conv_fwd(x, kernel, bias, stride, padding, interpret, mesh):
+    return _conv(x, kernel, bias, stride, padding, interpret, mesh), (x, kernel, bias)
 
 
-def _conv_bwd(stride, padding, residuals, dy):
+def _conv_bwd(stride, padding, interpret, mesh, residuals, dy):
     x, kernel, bias = residuals
     dx = plain_input_grad(dy, x.shape, kernel, stride, padding)
     grads = partial(
-        weight_and_bias_grad, kernel_hw=kernel.shape[:2], stride=stride, padding=padding
+        weight_and_bias_grad,
+        kernel_hw=kernel.shape[:2],
+        stride=stride,
+        padding=padding,
+        interpret=interpret,
     )
-    dw, db = parallel.batch_sum(grads, x, dy)  # per device, all-reduced, under --devices
+    dw, db = batch_sum(grads, mesh, x, dy)  # per device, all-reduced, under --devices
     db = db.astype(bias.dtype) if bias.size else jnp.zeros_like(bias)
     return dx, dw.astype(kernel.dtype), db
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def batch_sum(fn, mesh: Mesh | None, *batched: jax.Array):
+    """``fn(*batched)`` for an ``fn`` whose outputs are sums over the batch, run per device
+    on its part of the batch and all-reduced, when the step's batch is split over ``mesh``
+    (a 1-D mesh over the batch axis).
+
+    XLA splits the rest of the step over the mesh by itself; a custom kernel must be
+    wrapped in ``shard_map`` by hand. A batch the devices do not divide (an epoch's
+    final partial batch) is computed whole on every device instead. Without a mesh,
+    this is just ``fn(*batched)``.
+    """
+    if mesh is None:
+        return fn(*batched)
+    (axis,) = mesh.axis_names
+    # check_vma=False: a pallas_call's outputs carry no record of how they vary over
+    # the mesh; the psum (or whole inputs) makes them the same on every device.
+    shard_map = partial(jax.shard_map, mesh=mesh, out_specs=PartitionSpec(), check_vma=False)
+    if batched[0].shape[0] % mesh.size:
+        return shard_map(fn, in_specs=(PartitionSpec(),) * len(batched))(*batched)
+
+    def local(*parts):
+        return jax.tree.map(lambda a: jax.lax.psum(a, axis), fn(*parts))
+
+    return shard_map(local, in_specs=(PartitionSpec(axis),) * len(batched))(*batched)
 
 
 def _pow2(n: int, least: int = 16) -> int:
@@ -117,8 +154,11 @@ def launch_shape(x_shape, dy_shape, taps: int) -> dict:
     )
 
 
-def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int):
-    """dW [kh,kw,C_in,C_out] and db [C_out] of ``conv(x) + b`` given dy, as float32."""
+def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int, interpret: bool = False):
+    """dW [kh,kw,C_in,C_out] and db [C_out] of ``conv(x) + b`` given dy, as float32.
+
+    ``interpret``: in Pallas's interpreter (any backend) instead of Triton (a GPU).
+    """
     n, h, w, cin = x.shape
     _, oh, ow, cout = dy.shape
     kh, kw = kernel_hw
@@ -174,7 +214,7 @@ def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int):
             jax.ShapeDtypeStruct((splits, s["cout_pad"]), jnp.float32),
         ),
         grid=s["grid"],
-        interpret=INTERPRET,
+        interpret=interpret,
         compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
         name="conv_wgrad",
     )(x.reshape(-1), dy.reshape(-1))

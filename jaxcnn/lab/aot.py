@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import models, train
-from jaxcnn.errors import UserError
+from jaxcnn.errors import UserError, first_line
 
 # The device description XLA compiles for: an H100 SXM (80 GB HBM3) as its CUDA
 # driver reports it (132 SMs, 228 KiB of shared memory per SM, compute capability
@@ -84,11 +84,10 @@ def topology(target: str = "h100"):
             platform="cuda", target_config=TARGETS[target], topology="1x1x1"
         )
     except (NotImplementedError, RuntimeError) as err:
-        first_line = (str(err).splitlines() or [""])[0]
         raise UserError(
             "compiling for a GPU needs jax's CUDA plugin (jax-cuda12-plugin and "
             f"jax-cuda12-pjrt {jax.__version__}) importable and JAX_PLATFORMS=cpu set "
-            f"before jax starts ({type(err).__name__}: {first_line})"
+            f"before jax starts ({type(err).__name__}: {first_line(err)})"
         ) from None
 
 
@@ -96,8 +95,8 @@ def compile_epoch(config: train.Config, topo):
     """The epoch function of ``config``, compiled for the device of ``topo``.
 
     Same program as ``train.py`` builds (``train.make_epoch_fn``), over the
-    dataset's training split, with every choice that depends on the backend made
-    for a GPU.
+    dataset's training split; ``config`` should be resolved for a GPU
+    (:func:`gpu_config`).
     """
     sharding = jax.sharding.SingleDeviceSharding(topo.devices[0])
 
@@ -106,21 +105,19 @@ def compile_epoch(config: train.Config, topo):
 
     n = TRAIN_IMAGES[config.dataset]
     h, w, c = models.get_spec(config.model).input_shape
-    with models.building_for("gpu"):
-        program, state = train.create_program(config)
-        args = (
-            jax.tree.map(lambda a: spec(a.shape, a.dtype), state),  # params, optimizer
-            spec((n, h, w, c), jnp.uint8),  # images
-            spec((n,), jnp.int32),  # labels
-            spec((), jnp.int32),  # epoch
-        )
-        return train.make_epoch_fn(program).lower(*args).compile()
+    program, state = train.create_program(config)
+    args = (
+        jax.tree.map(lambda a: spec(a.shape, a.dtype), state),  # params, optimizer
+        spec((n, h, w, c), jnp.uint8),  # images
+        spec((n,), jnp.int32),  # labels
+        spec((), jnp.int32),  # epoch
+    )
+    return train.make_epoch_fn(program).lower(*args).compile()
 
 
 def gpu_config(model: str, dataset: str = "fashion_mnist", **overrides) -> train.Config:
-    """``train.get_config`` as a GPU would answer it (``conv="auto"`` is cuDNN's there)."""
-    with models.building_for("gpu"):
-        return train.get_config(model, dataset, **overrides)
+    """``train.get_config`` resolved for a GPU (``conv="auto"`` is cuDNN's there)."""
+    return train.get_config(model, dataset, backend="gpu", **overrides)
 
 
 @dataclasses.dataclass

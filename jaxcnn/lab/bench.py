@@ -1,4 +1,4 @@
-"""The three-way benchmark behind ``scripts/bench.py``: seeds' loop, best PyTorch, jaxcnn.
+"""The benchmark behind ``scripts/bench.py``: seeds' loop, PyTorch, jaxcnn and its variants.
 
 Every arm trains the same model with the same recipe (optimizer, lr, loss,
 batch size) on the same Fashion-MNIST arrays for the same number of epochs and
@@ -19,34 +19,24 @@ steady-state figures. Arms:
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import tempfile
 import traceback
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from jaxcnn import models
+from jaxcnn import compute, models
 
 TORCH_ARMS = ("seed_loop", "torch_eager", "torch_graph", "torch_compile")
 REFERENCE = "jaxcnn"  # ratios are to this arm
 # The issue's targets (H100, Fashion-MNIST epoch at the seeds' batch sizes).
 TARGETS = {"mnist_cnn": 0.09, "inception": 0.45, "resnet": 0.18}
-# XLA's CUDA-graph command buffers with the epoch's scan loop (WHILE) and its
-# conditionals inside them too: the whole epoch one graph launch (GPU only).
-WHOLE_EPOCH_GRAPH = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
-# jaxcnn speed variants: name -> train.get_config overrides.
+# jaxcnn speed variants: name -> train.get_config overrides (the one table of them).
 # Variants that repeat the defaults on this backend or model are skipped (is_redundant).
-DEFAULT_VARIANTS = {
-    "xla": {"conv": "xla", "pool": "xla"},  # the plain form: XLA's own ops
-    **models.SPEED_OPTIONS,
-    "unroll4": {"unroll": 4},
-    "bf16": {"dtype": "bfloat16"},
-    "cmdbuf_while": {"xla_options": (("xla_gpu_enable_command_buffer", WHOLE_EPOCH_GRAPH),)},
-    # The fewest launches per step of all these forms in the H100 census
-    # (scripts/gpu_census.py): inception 94 against the defaults' 152 (GPU only).
-    "fewest_launches": {"fuse": True, "conv": "pallas_wgrad", "pool": "reshape", "unroll": 4},
-}
+DEFAULT_VARIANTS = compute.VARIANTS
 
 
 @dataclasses.dataclass
@@ -82,78 +72,30 @@ class Row:
         return out
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``"name:fuse=1,conv=im2col,unroll=4"`` -> ``("name", {...})`` of get_config overrides.
-
-    ``xla_NAME=VALUE`` items are XLA compiler options; as their values may be
-    comma lists themselves, items without ``=`` right after one continue its value:
-    ``"cb:xla_gpu_enable_command_buffer=FUSION,WHILE,unroll=4"``.
-    """
-    from jaxcnn import train
-    from jaxcnn.errors import UserError
-
-    name, _, spec = text.partition(":")
-    options: dict = {}
-    xla: list[str] = []
-    continues = False  # the item before was an XLA option
-    for item in filter(None, spec.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep and continues:
-            xla[-1] += f",{item}"
-            continue
-        continues = bool(sep) and key.startswith("xla_")
-        if not sep:
-            raise UserError(f"--variant '{text}': expected key=value items, got '{item}'")
-        elif key.startswith("xla_"):
-            xla.append(item)
-        elif key == "fuse":
-            options[key] = value.lower() in ("1", "true", "yes")
-        elif key == "unroll":
-            if not value.isdigit():
-                raise UserError(f"--variant '{text}': unroll takes a positive integer")
-            options[key] = int(value)
-        elif key in ("conv", "pool", "dtype"):
-            options[key] = value
-        else:
-            raise UserError(
-                f"--variant '{text}': unknown option '{key}' (fuse, conv, pool, dtype, unroll, "
-                "xla_*)"
-            )
-    if xla:
-        options["xla_options"] = train.parse_xla_options(xla)
-    if not name or not options:
-        raise UserError(f"--variant '{text}': expected NAME:key=value[,key=value]")
-    return name, options
+parse_variant = compute.parse_variant
 
 
-def effective(name: str, options: dict) -> dict:
-    """What ``options`` amount to for model ``name`` on this backend: the speed fields of
-    ``train.get_config`` (which checks them and resolves ``auto``), with ``fuse`` dropped
-    where the model has no fused form and the XLA options of other backends dropped."""
-    from flax import nnx
-
-    from jaxcnn import train
-
-    config = train.get_config(name, "fashion_mnist", **options)
-    out = {k: getattr(config, k) for k in train.IMPL_FIELDS}
+def effective(name: str, options: dict, backend: str) -> compute.Compute:
+    """What ``options`` amount to for model ``name`` on ``backend``: resolved as
+    ``train.get_config`` resolves them (``auto`` chosen), with ``fuse`` dropped where
+    the model has no fused form and the XLA options of other backends dropped."""
+    resolved = compute.resolve(options, backend=backend)
     # XLA ignores the options of other backends (xla_gpu_* on a CPU)
-    others = tuple(f"xla_{b}_" for b in ("cpu", "gpu", "tpu") if b != models.target_backend())
-    out["xla_options"] = tuple(o for o in out["xla_options"] if not o[0].startswith(others))
-    if out["fuse"]:
-        abstract = nnx.eval_shape(lambda: models.create(name))
-        out["fuse"] = any(hasattr(m, "fuse") for _, m in nnx.iter_graph(abstract))
-    return out
+    others = tuple(f"xla_{b}_" for b in ("cpu", "gpu", "tpu") if b != backend)
+    xla = tuple(o for o in resolved.xla_options if not o[0].startswith(others))
+    fuse = resolved.fuse and models.get_spec(name).fusable
+    return dataclasses.replace(resolved, xla_options=xla, fuse=fuse)
 
 
-def is_redundant(name: str, options: dict, before: list[dict] = ()) -> bool:
+def is_redundant(name: str, options: dict, before: list[dict] = (), *, backend: str) -> bool:
     """True when ``options`` compute exactly what ``train.py``'s defaults, or one of the
     variants in ``before``, compute here.
 
     E.g. ``fuse`` for a model without a fused form, or ``conv=im2col`` on a CPU
     where ``auto`` already picks it: running them would only repeat a row.
     """
-    mine = effective(name, options)
-    return any(mine == effective(name, other) for other in [{}, *before])
+    mine = effective(name, options, backend)
+    return any(mine == effective(name, other, backend) for other in [{}, *before])
 
 
 def run_jaxcnn(name: str, batch_size: int, epochs: int, data_dir: str, options: dict, **kw) -> Row:
@@ -204,7 +146,11 @@ def run_torch(arm: str, name: str, batch_size: int, epochs: int, arrays, raw_roo
 def skip_reason(arm: str, options: dict | None = None) -> str | None:
     """Why ``arm`` (with a jaxcnn variant's ``options``) cannot run on this machine, or None."""
     if arm not in TORCH_ARMS:
-        why = models.conv_unavailable((options or {}).get("conv", "auto"))
+        import jax
+
+        why = compute.unavailable(
+            compute.Compute(conv=(options or {}).get("conv", "xla")), jax.default_backend()
+        )
         return f"skipped: {why}" if why else None
     try:
         import torch
@@ -350,3 +296,144 @@ def plot(rows: list[Row], path: Path) -> bool:
 def arrays(tr, te, train_limit: int | None):
     """The (train images, train labels, test images, test labels) every torch arm gets."""
     return (tr.images[:train_limit], np.asarray(tr.labels[:train_limit]), te.images, te.labels)
+
+
+def run(
+    model_names: list[str],
+    batch_sizes: list[str],
+    epochs: int,
+    arms: list[str],
+    extra_variants: list[str],
+    *,
+    no_variants: bool,
+    train_limit: int | None,
+    seed: int,
+    data_dir: str,
+    out: Path,
+    keep: bool,
+) -> str:
+    """``scripts/bench.py``: every (model, batch size, arm) row, written to OUT.json and
+    OUT.md after each one and plotted to OUT.png at the end; returns the table.
+
+    ``batch_sizes``: ``"seed"`` (each recipe's) or positive integers, as strings.
+    """
+    from jaxcnn import data, report, train
+    from jaxcnn.errors import UserError
+
+    for name in model_names:  # names, --epochs and --train-limit, as the trainer checks them
+        train.get_config(name, "fashion_mnist", epochs=epochs, train_limit=train_limit)
+    variants = {} if no_variants else dict(DEFAULT_VARIANTS)
+    variants.update(parse_variant(v) for v in extra_variants)
+    for value in batch_sizes:
+        if value != "seed" and not (value.isdigit() and int(value) > 0):
+            raise UserError(f"--batch-sizes: expected 'seed' or a positive integer, got '{value}'")
+    json_path = out.with_suffix(".json")
+    if json_path.exists() and not keep:
+        raise UserError(f"'{json_path}' exists; pass --keep to continue it or choose another --out")
+    report.ensure_dir(out.parent, "--out folder")
+    tr = data.load("fashion_mnist", "train", data_dir)
+    te = data.load("fashion_mnist", "test", data_dir)
+    torch_data = arrays(tr, te, train_limit)
+    env = environment()
+    results = finished_rows(json_path)  # --keep: finished rows stay
+    done = set(results)
+    note = f"{epochs} epochs per arm (first = warm-up)"
+    if train_limit:
+        note += f", first {train_limit} training images only"
+
+    @cache
+    def raw_root() -> str:
+        from parity.reference_train import torchvision_root
+
+        return torchvision_root(Path(data_dir))
+
+    jobs = plan(model_names, batch_sizes, arms, variants)
+    order = {job[:3]: i for i, job in enumerate(jobs)}
+
+    def save() -> list[Row]:
+        rows = sorted(results.values(), key=lambda r: order.get((r.model, r.batch_size, r.arm), -1))
+        report.write_json(json_path, {"environment": env, "rows": with_ratios(rows)})
+        report.write_atomic(out.with_suffix(".md"), markdown(rows, env, note))
+        return rows
+
+    for name, batch, arm, options in jobs:
+        if (name, batch, arm) in done:
+            continue
+        reason = skip_reason(arm, options)
+        if reason:
+            row = Row(name, batch, arm, status=reason)
+        else:
+            report.log(f"bench: {name}, batch {batch}, {arm}")
+            row = run_arm(name, batch, arm, options, epochs, data_dir, torch_data, raw_root,
+                          seed=seed, train_limit=train_limit)  # fmt: skip
+        results[(name, batch, arm)] = row
+        save()
+    plot(save(), out.with_suffix(".png"))
+    return out.with_suffix(".md").read_text()
+
+
+def environment() -> dict:
+    """The machine and versions a benchmark ran on, torch's too where it imports."""
+    from jaxcnn import report
+
+    env = report.environment()
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def finished_rows(json_path: Path) -> dict[tuple, Row]:
+    """(model, batch size, arm) -> row, for the finished rows of an earlier run's JSON
+    (skipped and failed ones run again)."""
+    results: dict[tuple, Row] = {}
+    if json_path.exists():
+        fields = set(Row.__dataclass_fields__)
+        for item in json.loads(json_path.read_text())["rows"]:
+            row = Row(**{k: v for k, v in item.items() if k in fields})
+            if row.status == "ok":
+                results[(row.model, row.batch_size, row.arm)] = row
+    return results
+
+
+def plan(model_names, batch_sizes, arms, variants: dict) -> list[tuple]:
+    """(model, batch size, arm, options) for every row to run, in table order: each
+    jaxcnn variant that computes differently from the defaults and the variants before
+    it on this backend, and the ones this machine cannot run (as rows saying why)."""
+    import jax
+
+    jobs = []
+    for name in model_names:
+        seed_batch = models.get_spec(name).recipe.batch_size
+        for value in dict.fromkeys(seed_batch if v == "seed" else int(v) for v in batch_sizes):
+            for arm in arms:
+                jobs.append((name, value, arm, {}))
+                if arm != "jaxcnn":
+                    continue
+                kept: list[dict] = []
+                for label, options in variants.items():
+                    if skip_reason(arm, options):  # a row that says why
+                        jobs.append((name, value, f"jaxcnn:{label}", options))
+                    elif not is_redundant(name, options, kept, backend=jax.default_backend()):
+                        kept.append(options)
+                        jobs.append((name, value, f"jaxcnn:{label}", options))
+    return jobs
+
+
+def run_arm(name, batch, arm, options, epochs, data_dir, torch_data, raw_root, **kw) -> Row:
+    """One row; an arm that fails becomes a row saying so, not a lost run."""
+    from jaxcnn.errors import UserError
+
+    try:
+        if arm.startswith("jaxcnn"):
+            row = run_jaxcnn(name, batch, epochs, data_dir, options, **kw)
+            row.arm = arm
+            return row
+        return run_torch(arm, name, batch, epochs, torch_data, raw_root, kw["seed"])
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # one arm failing must not lose the others' numbers
+        return failed(name, batch, arm, err)

@@ -1,0 +1,48 @@
+"""The custom-VJP convolutions and pools, and the two calls that pick one.
+
+Each kernel is a pure function of arrays and static settings; which one runs is
+``Compute.conv`` / ``Compute.pool`` (:mod:`jaxcnn.compute`), handed to the layers
+at construction. The plain forms (``"xla"``) are XLA's own ops.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import linen
+
+from jaxcnn.compute import Compute
+from jaxcnn.kernels.im2col import conv2d_gemm_wgrad, conv2d_im2col
+from jaxcnn.kernels.pallas_wgrad import conv2d_pallas_wgrad
+from jaxcnn.kernels.pool import max_pool_reshape
+
+
+def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.Array:
+    """``F.conv2d`` as ``compute.conv`` says: [N,H,W,C] x HWIO (+ bias) -> [N,H',W',O].
+
+    ``"xla"`` is ``nnx.Conv``'s own call and is made by the layer itself.
+    """
+    if compute.conv == "im2col":
+        return conv2d_im2col(x, kernel, bias, stride, padding, compute.dx_form)
+    if compute.conv == "gemm_wgrad":
+        return conv2d_gemm_wgrad(x, kernel, bias, stride, padding)
+    if compute.conv == "pallas_wgrad":
+        return conv2d_pallas_wgrad(
+            x, kernel, bias, stride, padding, interpret=compute.interpret, mesh=compute.mesh
+        )
+    raise ValueError(f"no conv kernel {compute.conv!r}")
+
+
+def max_pool2d(x: jax.Array, kernel_size: int, compute: Compute) -> jax.Array:
+    """``F.max_pool2d(x, k)`` (stride k, no padding) as ``compute.pool`` says. [N,H,W,C].
+
+    ``"xla"``: XLA's ``reduce_window``; ``"reshape"``: :func:`max_pool_reshape`.
+    """
+    if compute.pool == "xla":
+        window = (kernel_size, kernel_size)
+        return linen.max_pool(x, window, strides=window)
+    if compute.pool == "reshape":
+        return max_pool_reshape(x, kernel_size)
+    raise ValueError(f"no pool kernel {compute.pool!r}")
+
+
+__all__ = ["conv2d", "max_pool2d"]
