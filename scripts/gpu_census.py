@@ -6,7 +6,7 @@ python scripts/gpu_census.py [--models mnist_cnn basic_cnn inception resnet conv
 
 For every model and jaxcnn variant (the benchmark's: defaults, fused, im2col,
 gemm_wgrad, pallas_wgrad, unroll4, bf16, cmdbuf_while), XLA's GPU compiler builds
-the same epoch program ``train.py`` runs, for an H100 (jaxcnn/aot.py), and the
+the same epoch program ``train.py`` runs, for an H100 (jaxcnn/lab/aot.py), and the
 optimized HLO is read for the kernels launched per training step: XLA's fusions,
 cuDNN convolutions by kind, GEMMs, Pallas (Triton) kernels, copies. No time is
 measured (there is no GPU); what a cuDNN call becomes inside is not seen.
@@ -20,8 +20,6 @@ Writes OUT.json and OUT.md; exits 1 if any configuration failed to compile.
 import argparse
 import os
 import sys
-import time
-from importlib import metadata
 from pathlib import Path
 
 from jaxcnn.cli import add_variant_flags, run_main
@@ -50,68 +48,14 @@ def main() -> None:
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's "no CUDA driver" notices
 
-    import jaxlib
+    from jaxcnn.lab import aot
 
-    from jaxcnn import report
-    from jaxcnn.errors import first_line
-    from jaxcnn.lab import aot, bench
-
-    topo = aot.topology(args.target)  # a missing plugin stops here, in one line
-    variants = {"default": {}}
-    if not args.no_variants:
-        variants.update(bench.DEFAULT_VARIANTS)
-    variants.update(bench.parse_variant(v) for v in args.variant)
-    jobs = []
-    for name in args.models:
-        aot.gpu_config(name)  # the name checked before any compile
-        kept: list[dict] = []
-        for label, options in variants.items():  # what the variants amount to on a GPU
-            if label == "default" or not bench.is_redundant(name, options, kept, backend="gpu"):
-                kept.append(options)
-                jobs.append((name, label, options))
-
-    out = Path(args.out)
-    report.ensure_dir(out.parent, "--out folder")
-    env = {
-        **report.environment(),
-        "compiled_for": topo.devices[0].device_kind,
-        "jaxlib": jaxlib.__version__,
-        "cuda_plugin": plugin_version(),
-    }
-    rows = []
-    for name, label, options in jobs:
-        report.log(f"gpu_census: {name}, {label}")
-        config = aot.gpu_config(name, **options)
-        row = {"model": name, "variant": label, "batch_size": config.batch_size}
-        row["options"] = options
-        start = time.perf_counter()
-        try:
-            compiled = aot.compile_epoch(config, topo)
-        except Exception as err:  # one failing compile must not hide the others' counts
-            row["status"] = f"failed: {type(err).__name__}: {first_line(err)}"[:300]
-        else:
-            row["status"] = "ok"
-            row["compile_seconds"] = time.perf_counter() - start
-            counts = aot.census(compiled.as_text(), config.compute.unroll)
-            row["per_step"] = dict(counts.per_step.most_common())
-            row["launches_per_step"] = counts.step_total
-            row["launches_outside_loop"] = sum(counts.outside.values())
-        rows.append(row)
-        report.write_json(out.with_suffix(".json"), {"environment": env, "rows": rows})
-    report.write_atomic(out.with_suffix(".md"), aot.markdown(rows, env))
-    print(out.with_suffix(".md").read_text())
+    rows = aot.run_census(args.models, args.target, args.variant, args.no_variants, Path(args.out))
     failed = [f"{r['model']} {r['variant']}" for r in rows if r["status"] != "ok"]
     if failed:
         print(f"error: {len(failed)} of {len(rows)} did not compile: {', '.join(failed)}",
               file=sys.stderr)  # fmt: skip
         sys.exit(1)
-
-
-def plugin_version() -> str:
-    try:
-        return metadata.version("jax-cuda12-plugin")
-    except metadata.PackageNotFoundError:  # a plugin of another name that still loaded
-        return "unknown"
 
 
 if __name__ == "__main__":

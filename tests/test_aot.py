@@ -145,16 +145,16 @@ import os, sys
 sys.path.insert(0, {PLUGIN!r})
 os.environ.update(JAX_PLATFORMS="cpu", JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1")
 import jax, jax.numpy as jnp
-from jaxcnn import aot
-from jaxcnn.models import pallas_wgrad as pw
+from jaxcnn.lab import aot
+from jaxcnn.kernels import pallas_wgrad as pw
 sharding = jax.sharding.SingleDeviceSharding(aot.topology().devices[0])
 x = jax.ShapeDtypeStruct((64, 12, 12, 512), jnp.float32, sharding=sharding)
 dy = jax.ShapeDtypeStruct((64, 8, 8, 512), jnp.float32, sharding=sharding)
 f = jax.jit(lambda x, dy: pw.weight_and_bias_grad(x, dy, (5, 5), 1, 0))
 f.lower(x, dy).compile()
 print("compiled at the default launch shape")
-pw.MAX_CHANNEL_BLOCK, pw.TILE_ELEMENTS = 512, 1 << 20
-f = jax.jit(lambda x, dy: pw.weight_and_bias_grad(x, dy, (5, 5), 1, 0))
+big = pw.Launch(max_channel_block=512, tile_elements=1 << 20)
+f = jax.jit(lambda x, dy: pw.weight_and_bias_grad(x, dy, (5, 5), 1, 0, launch=big))
 f.lower(x, dy).compile()
 """
     import subprocess

@@ -72,7 +72,7 @@ def test_launch_shape_fills_the_gpu_and_splits_no_further_than_the_pixels():
     # inception's conv2: 25 taps, one channel block -> about TARGET_PROGRAMS programs
     s = pallas_wgrad.launch_shape((64, 12, 12, 88), (64, 8, 8, 20), taps=25)
     assert s["grid"][0] == 25 and s["grid"][1] == 2  # 88 -> 128 lanes = 2 blocks of 64
-    assert np.prod(s["grid"]) >= pallas_wgrad.TARGET_PROGRAMS
+    assert np.prod(s["grid"]) >= pallas_wgrad.LAUNCH.target_programs
     assert s["splits"] * s["iterations"] * s["pixel_block"] >= 64 * 8 * 8
     # a tiny problem: no split without pixels to give it
     t = pallas_wgrad.launch_shape((1, 3, 3, 1), (1, 1, 1, 1), taps=9)

@@ -33,6 +33,7 @@ refuses the algorithm off a GPU otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -44,14 +45,22 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jaxcnn.kernels.im2col import plain_conv, plain_input_grad
 
+
 # Launch shape. Not tuned on a GPU yet (the session that wrote this had none):
 # about two programs per H100 SM (132), channel blocks of at most 64 so that a
 # program's accumulator and gathered tiles stay in registers, and 4 warps.
-TARGET_PROGRAMS = 264
-MAX_CHANNEL_BLOCK = 64
-TILE_ELEMENTS = 4096  # pixels x channels of one gathered tile
-NUM_WARPS = 4
-NUM_STAGES = 2
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """The knobs of the launch shape (:func:`launch_shape`), an argument like any other."""
+
+    target_programs: int = 264
+    max_channel_block: int = 64
+    tile_elements: int = 4096  # pixels x channels of one gathered tile
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+LAUNCH = Launch()
 
 
 def conv2d_pallas_wgrad(
@@ -132,16 +141,19 @@ def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
-def launch_shape(x_shape, dy_shape, taps: int) -> dict:
+def launch_shape(x_shape, dy_shape, taps: int, launch: Launch = LAUNCH) -> dict:
     """Block sizes and grid for one convolution's gradient (all static Python ints)."""
     n, _, _, cin = x_shape
     _, oh, ow, cout = dy_shape
     cin_pad, cout_pad = _pow2(cin), _pow2(cout)
-    cin_block, cout_block = min(cin_pad, MAX_CHANNEL_BLOCK), min(cout_pad, MAX_CHANNEL_BLOCK)
+    cin_block, cout_block = (
+        min(cin_pad, launch.max_channel_block),
+        min(cout_pad, launch.max_channel_block),
+    )
     channel_blocks = (cin_pad // cin_block) * (cout_pad // cout_block)
-    pixel_block = max(16, min(128, TILE_ELEMENTS // max(cin_block, cout_block)))
+    pixel_block = max(16, min(128, launch.tile_elements // max(cin_block, cout_block)))
     pixel_blocks = -(-(n * oh * ow) // pixel_block)
-    splits = max(1, min(pixel_blocks, -(-TARGET_PROGRAMS // (taps * channel_blocks))))
+    splits = max(1, min(pixel_blocks, -(-launch.target_programs // (taps * channel_blocks))))
     return dict(
         cin_pad=cin_pad,
         cout_pad=cout_pad,
@@ -154,16 +166,19 @@ def launch_shape(x_shape, dy_shape, taps: int) -> dict:
     )
 
 
-def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int, interpret: bool = False):
+def weight_and_bias_grad(
+    x, dy, kernel_hw, stride: int, padding: int, interpret: bool = False, launch: Launch = LAUNCH
+):
     """dW [kh,kw,C_in,C_out] and db [C_out] of ``conv(x) + b`` given dy, as float32.
 
-    ``interpret``: in Pallas's interpreter (any backend) instead of Triton (a GPU).
+    ``interpret``: in Pallas's interpreter (any backend) instead of Triton (a GPU);
+    ``launch``: the launch shape's knobs.
     """
     n, h, w, cin = x.shape
     _, oh, ow, cout = dy.shape
     kh, kw = kernel_hw
     taps = kh * kw
-    s = launch_shape(x.shape, dy.shape, taps)
+    s = launch_shape(x.shape, dy.shape, taps, launch)
     bc, bo, bp = s["cin_block"], s["cout_block"], s["pixel_block"]
     splits, pixels = s["splits"], n * oh * ow
     cout_blocks = s["cout_pad"] // bo
@@ -215,7 +230,9 @@ def weight_and_bias_grad(x, dy, kernel_hw, stride: int, padding: int, interpret:
         ),
         grid=s["grid"],
         interpret=interpret,
-        compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+        compiler_params=pltriton.CompilerParams(
+            num_warps=launch.num_warps, num_stages=launch.num_stages
+        ),
         name="conv_wgrad",
     )(x.reshape(-1), dy.reshape(-1))
     # [C_out, kh*kw, C_in] is the byte order XLA gives HWIO weights for cuDNN (OHWI):

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections import Counter
+from importlib import metadata
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -250,3 +253,68 @@ def markdown(rows: list[dict], env: dict) -> str:
             + f" | {other:g} | {row['launches_outside_loop']} | {row['compile_seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def run_census(
+    model_names: list[str], target: str, extra_variants: list[str], no_variants: bool, out: Path
+) -> list[dict]:
+    """``scripts/gpu_census.py``: each model under each variant that differs on a GPU,
+    compiled for ``target`` and counted; rows written to OUT.json as they come and the
+    table to OUT.md. A configuration that fails to compile is a row saying so."""
+    import jaxlib
+
+    from jaxcnn import compute, report
+    from jaxcnn.lab import bench
+
+    topo = topology(target)  # a missing plugin stops here, in one line
+    variants = {"default": {}, **({} if no_variants else compute.VARIANTS)}
+    variants.update(compute.parse_variant(v) for v in extra_variants)
+    jobs = []
+    for name in model_names:
+        gpu_config(name)  # the name checked before any compile
+        kept: list[dict] = []
+        for label, options in variants.items():  # what the variants amount to on a GPU
+            if label == "default" or not bench.is_redundant(name, options, kept, backend="gpu"):
+                kept.append(options)
+                jobs.append((name, label, options))
+    report.ensure_dir(out.parent, "--out folder")
+    env = {
+        **report.environment(),
+        "compiled_for": topo.devices[0].device_kind,
+        "jaxlib": jaxlib.__version__,
+        "cuda_plugin": _plugin_version(),
+    }
+    rows = []
+    for name, label, options in jobs:
+        report.log(f"gpu_census: {name}, {label}")
+        rows.append(census_row(name, label, options, topo))
+        report.write_json(out.with_suffix(".json"), {"environment": env, "rows": rows})
+    report.write_atomic(out.with_suffix(".md"), markdown(rows, env))
+    print(out.with_suffix(".md").read_text())
+    return rows
+
+
+def census_row(name: str, label: str, options: dict, topo) -> dict:
+    """One model and variant compiled for ``topo``: its launches, or why it failed."""
+    config = gpu_config(name, **options)
+    row = {"model": name, "variant": label, "batch_size": config.batch_size, "options": options}
+    start = time.perf_counter()
+    try:
+        compiled = compile_epoch(config, topo)
+    except Exception as err:  # one failing compile must not hide the others' counts
+        row["status"] = f"failed: {type(err).__name__}: {first_line(err)}"[:300]
+        return row
+    row["status"] = "ok"
+    row["compile_seconds"] = time.perf_counter() - start
+    counts = census(compiled.as_text(), config.compute.unroll)
+    row["per_step"] = dict(counts.per_step.most_common())
+    row["launches_per_step"] = counts.step_total
+    row["launches_outside_loop"] = sum(counts.outside.values())
+    return row
+
+
+def _plugin_version() -> str:
+    try:
+        return metadata.version("jax-cuda12-plugin")
+    except metadata.PackageNotFoundError:  # a plugin of another name that still loaded
+        return "unknown"
