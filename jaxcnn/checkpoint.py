@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from jaxcnn.errors import UserError
+from jaxcnn.errors import UserError, first_line
 
 
 class Checkpoints:
@@ -41,10 +41,9 @@ class Checkpoints:
         try:
             return self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except (ValueError, KeyError, FileNotFoundError) as err:
-            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err)
             raise UserError(
                 f"checkpoint '{self.directory / str(epoch)}' does not fit this model and "
-                f"optimizer ({first})"
+                f"optimizer ({first_line(err)})"
             ) from None
 
     def close(self) -> None:

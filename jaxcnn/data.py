@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.errors import UserError
+from jaxcnn.errors import UserError, first_line
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -164,7 +164,7 @@ def read_tfds_split(name: str, split: str, data_dir: str | None = None) -> Split
             if isinstance(err, ImportError):
                 reason = "preparing a tfds dataset needs TensorFlow"
             else:
-                reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err)
+                reason = first_line(err, 200)
             raise DataError(
                 f"dataset '{name}' is not prepared in {where} and could not be downloaded "
                 f"({reason}); on a machine with network run once with "

@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcnn import models
-from jaxcnn.errors import UserError
+from jaxcnn.errors import UserError, first_line
 
 # The per-layer value rules, keyed by the tensor's rank: torch layout -> Flax layout.
 TO_FLAX_AXES = {4: (2, 3, 1, 0), 2: (1, 0)}  # Conv OIHW->HWIO, Linear [out,in]->[in,out]
@@ -141,9 +141,8 @@ def read_state_dict(path: str | Path) -> Mapping[str, Any]:
             "arbitrary code; save model.state_dict() instead"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"'{path}' is not a readable PyTorch checkpoint ({first_line})"
+            f"'{path}' is not a readable PyTorch checkpoint ({first_line(err)})"
         ) from None
     return _unwrap(obj, f"'{path}'")
 
