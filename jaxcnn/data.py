@@ -1,4 +1,4 @@
-"""Datasets as uint8 arrays: local raw files, Debian's Fashion-MNIST, or tfds.
+"""Datasets as uint8 arrays: local raw files, Debian's Fashion-MNIST, tfds, or a download.
 
 Everything returns :class:`Split` (uint8 images [N, H, W, C], int32 labels [N]),
 read once on the host. Preprocessing (x/255, normalisation, 28->32 padding) is
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
 import pickle
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.errors import UserError, first_line
+from jaxcnn.errors import UserError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -27,6 +26,18 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+# What each label means, for the prediction grid (the datasets' published names).
+CLASS_NAMES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion_mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+    "cifar10": (
+        "airplane", "automobile", "bird", "cat", "deer",
+        "dog", "frog", "horse", "ship", "truck",
+    ),
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,41 +146,21 @@ def read_cifar_split(directory: Path, split: str) -> Split:
 # ---------------------------------------------------------------- tfds
 
 
-def read_tfds_split(name: str, split: str, data_dir: str | None = None) -> Split:
-    """A tfds dataset through ``tfds.data_source`` (ArrayRecord; no TensorFlow to read).
+def read_tfds_split(name: str, split: str, data_dir: str | None = None) -> Split | None:
+    """A *prepared* tfds dataset through ``tfds.data_source`` (ArrayRecord; reading needs
+    no TensorFlow), or None when tfds is not installed or has not prepared ``name``.
 
-    If the dataset is not prepared, tfds is asked to download and prepare it
-    (that needs TensorFlow and the network: the ``tfds-prepare`` extra).
+    tfds is never asked to download: preparing needs TensorFlow, and
+    :mod:`jaxcnn.download` fetches the raw files without it.
     """
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise DataError(
-            f"dataset '{name}' needs tensorflow-datasets (pip install 'jaxcnn[tfds]'), "
-            "or raw files passed with --data-dir"
-        ) from None
+        return None
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception:
-        try:
-            source = tfds.data_source(
-                name,
-                split=split,
-                data_dir=data_dir,
-                download=True,
-                builder_kwargs={"file_format": "array_record"},
-            )
-        except Exception as err:
-            where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-            if isinstance(err, ImportError):
-                reason = "preparing a tfds dataset needs TensorFlow"
-            else:
-                reason = first_line(err, 200)
-            raise DataError(
-                f"dataset '{name}' is not prepared in {where} and could not be downloaded "
-                f"({reason}); on a machine with network run once with "
-                f"pip install 'jaxcnn[tfds-prepare]', or pass raw files with --data-dir"
-            ) from None
+    except Exception:  # not prepared (tfds raises its own AssertionError/FileNotFoundError)
+        return None
     records = [source[i] for i in range(len(source))]
     images = np.stack([r["image"] for r in records]).astype(np.uint8)
     labels = np.asarray([r["label"] for r in records], np.int32)
@@ -185,7 +176,8 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
     """Load ``split`` ('train' or 'test') of dataset ``name``.
 
     Order of search: ``data_dir`` raw files if given; for ``fashion_mnist``,
-    Debian's ``dataset-fashion-mnist`` files; then tensorflow-datasets.
+    Debian's ``dataset-fashion-mnist`` files; a prepared tensorflow-datasets
+    dataset; the download cache; a download (:mod:`jaxcnn.download`).
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
@@ -199,7 +191,14 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
         return reader(directory, split)
     if name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
         return read_idx_split(DEBIAN_FASHION_MNIST, split)
-    return read_tfds_split(name, split)
+    prepared = read_tfds_split(name, split)
+    if prepared is not None:
+        return prepared
+    from jaxcnn import download
+
+    directory = download.cached(name) or download.fetch(name)
+    reader = read_cifar_split if name == "cifar10" else read_idx_split
+    return reader(directory, split)
 
 
 def permute_pixels(split: Split, seed: int = 0) -> Split:

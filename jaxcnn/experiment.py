@@ -147,6 +147,30 @@ def load_data(config: train.Config, input_shape) -> tuple[data.Split, data.Split
     return train_split, test_split
 
 
+def default_workdir(model: str, dataset: str, resume: bool) -> tuple[Path, str | None]:
+    """``runs/<model>-<dataset>``, or, when that holds a run and this is not a resume, the
+    first ``runs/<model>-<dataset>-N`` that holds none; and a line saying so (or None).
+
+    So the quickstart can be run twice; an explicit ``--workdir`` is never renamed.
+    """
+    base = Path("runs") / f"{model}-{dataset}"
+    if resume or not holds_run(base):
+        return base, None
+    n = 2
+    while holds_run(base.with_name(f"{base.name}-{n}")):
+        n += 1
+    fresh = base.with_name(f"{base.name}-{n}")
+    return fresh, f"'{base}' holds a run; this one goes to '{fresh}' (--resume continues that one)"
+
+
+def holds_run(workdir: Path) -> bool:
+    """Whether ``workdir`` holds a run's checkpoint or files."""
+    checkpoints = workdir / "checkpoints"
+    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+        return True
+    return (workdir / "config.json").exists() or (workdir / "metrics.jsonl").exists()
+
+
 def check_workdir(workdir: Path, config: train.Config, resume: bool, ckpts: Checkpoints):
     """Refuse to overwrite a run, and to resume one with another recipe."""
     saved = workdir / "config.json"
@@ -284,6 +308,7 @@ def finish(run: Run) -> dict[str, Any]:
         title = f"{config.model} on {config.dataset}"
         report.plot_curves(run.workdir / "curves.png", rows, title)
         report.plot_predictions(
-            run.workdir / "predictions.png", test.images[:n], test.labels[:n], predicted, title
-        )
+            run.workdir / "predictions.png", test.images[:n], test.labels[:n], predicted, title,
+            data.CLASS_NAMES.get(config.dataset),
+        )  # fmt: skip
     return summary

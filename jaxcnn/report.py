@@ -118,12 +118,18 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> bool:
     plt = pyplot()
     if plt is None:
         return False
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.plot(epochs, [r["train_loss"] for r in rows], "o-")
     ax1.set(xlabel="epoch", ylabel="train loss", title="loss")
     ax2.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="C1")
     ax2.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
+    for ax in (ax1, ax2):  # whole epochs only, with room around a single point
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(min(epochs, default=1) - 0.5, max(epochs, default=1) + 0.5)
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -131,17 +137,22 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> bool:
     return True
 
 
-def plot_predictions(path: Path, images: np.ndarray, labels, predictions, title: str) -> bool:
-    """A grid of test images titled with their predictions, as seed 001 shows."""
+def plot_predictions(
+    path: Path, images: np.ndarray, labels, predictions, title: str, class_names=None
+) -> bool:
+    """A grid of test images titled with their predicted class (and the true one where
+    it is wrong, in red), as seed 001 shows; ``class_names[label]`` names a class."""
     plt = pyplot()
     if plt is None:
         return False
     n = len(images)
     cols = 5
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2 * cols, 2.3 * -(-n // cols)))
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2 * cols, 2.7 * -(-n // cols)))
     for ax, img, y, p in zip(np.ravel(axes), images, labels, predictions, strict=False):
         ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
-        ax.set_title(f"pred {p} (true {y})", color="black" if p == y else "red", fontsize=9)
+        name = (lambda c: class_names[c]) if class_names else str
+        text = name(int(p)) if p == y else f"{name(int(p))}\n(true: {name(int(y))})"
+        ax.set_title(text, color="black" if p == y else "red", fontsize=9)
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()

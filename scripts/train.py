@@ -78,7 +78,11 @@ def main() -> None:
             from parity import load_torch_checkpoint
 
             init_model = load_torch_checkpoint(args.init_from, args.model)
-    workdir = args.workdir or f"runs/{args.model}-{args.dataset}"
+    workdir = args.workdir
+    if workdir is None:
+        workdir, note = experiment.default_workdir(args.model, args.dataset, args.resume)
+        if note and parallel.is_primary():
+            print(note, flush=True)
     summary = experiment.train_and_evaluate(
         config,
         workdir,

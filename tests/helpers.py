@@ -4,6 +4,7 @@ import gzip
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,14 @@ import pytest
 from jaxcnn import data
 
 ROOT = Path(__file__).resolve().parents[1]
+# No test reaches the internet: a dataset download goes to a closed loopback port
+# (connection refused at once) and into a throw-away cache, unless a test says otherwise.
+NO_NETWORK = {
+    "JAXCNN_DATA_MIRROR": "http://127.0.0.1:9/",
+    "JAXCNN_DATA_DIR": tempfile.mkdtemp(prefix="jaxcnn-test-data-"),
+}
 # Scripts run from the checkout, without the persistent cache (tests must not share state).
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_CACHE_DIR": "off"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_CACHE_DIR": "off", **NO_NETWORK}
 
 
 def variant(name: str, **more):
@@ -46,14 +53,15 @@ def full_float32():
         yield
 
 
-def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300):
-    """``python scripts/<script> args...``, output captured."""
+def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300, cwd=None):
+    """``python scripts/<script> args...`` (in ``cwd``), output captured."""
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / script), *args],
         capture_output=True,
         text=True,
         env=env or ENV,
         timeout=timeout,
+        cwd=cwd,
     )
 
 

@@ -307,15 +307,20 @@ def test_bad_xla_options_are_one_line_errors(item, message):
 
 
 def test_no_data_anywhere_is_one_sentence_and_leaves_no_workdir(tmp_path):
-    """MNIST with nothing prepared and no way to download: say so, exit 2, write nothing."""
-    pytest.importorskip("tensorflow_datasets")
-    env = {**ENV, "TFDS_DATA_DIR": str(tmp_path / "tfds")}
+    """MNIST with nothing prepared, cached or downloadable: say so, exit 2, write nothing."""
+    env = {**ENV, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "JAXCNN_DATA_DIR": str(tmp_path / "c")}
     out = run_script(
         "train.py", "--model", "basic_cnn", "--dataset", "mnist", "--workdir", str(tmp_path / "w"),
         env=env,
     )  # fmt: skip
     assert out.returncode == 2
     error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error) == 1 and "dataset 'mnist' is not prepared in" in error[0]
+    assert len(error) == 1
+    assert error[0].startswith(
+        "error: dataset 'mnist' could not be downloaded (tried "
+        "http://127.0.0.1:9/train-images-idx3-ubyte.gz: "
+    )
+    assert f"cached in '{tmp_path / 'c' / 'mnist'}'" in error[0] and "--data-dir" in error[0]
+    assert "dataset-fashion-mnist" in error[0]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "w").exists()
