@@ -100,6 +100,38 @@ def test_idx_files_download_once_and_train_from_the_cache(tmp_path, serve, cache
     assert data.load("mnist", "train").labels.tolist() == made["train"][1].tolist()
 
 
+def test_train_py_downloads_through_the_mirror(tmp_path, serve, cache):
+    """``scripts/train.py`` itself, as a user runs it, with ``$JAXCNN_DATA_MIRROR`` and this
+    test's hashes in place of the published ones (the only change made to the process)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ENV, ROOT
+
+    (tmp_path / "site").mkdir()
+    make_idx_dir(tmp_path / "site", n=64, compress=True)
+    files = idx_source(tmp_path / "site").files
+    serve(tmp_path / "site")
+    code = (
+        "import runpy, sys; from jaxcnn import download; "
+        f"download.SOURCES['mnist'] = download.Source({files!r}, mirrors=()); "
+        "sys.argv = ['train.py'] + sys.argv[1:]; "
+        f"runpy.run_path({str(ROOT / 'scripts' / 'train.py')!r}, run_name='__main__')"
+    )
+    env = {**ENV, **{k: os.environ[k] for k in ("JAXCNN_DATA_MIRROR", "JAXCNN_DATA_DIR")}}
+    args = ["--model", "mlp", "--dataset", "mnist", "--epochs", "1", "--no-progress",
+            "--workdir", str(tmp_path / "run")]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"mlp on mnist ({cache / 'mnist'})" in out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data_source"] == str(cache / "mnist") and summary["test_accuracy"] >= 0
+    assert "Downloading" in out.stderr  # pooch's one line per file: the download happened
+
+
 def cifar_archive(folder):
     """A CIFAR-10 python archive of 2 images per batch, as published (pickled dicts)."""
     rng = np.random.default_rng(0)
