@@ -84,7 +84,8 @@ def cached(name: str, source: Source | None = None) -> Path | None:
     """The folder to read ``name`` from if every file is already in the cache, else None.
 
     Files are only ever moved into the cache after their hash matched, so a
-    file there is complete; its hash is checked again by :func:`fetch`.
+    file there is complete; this looks only at which files are there (no hashing),
+    and :func:`fetch` would check each hash again.
     """
     source = source or SOURCES[name]
     folder = cache_root() / name
@@ -110,7 +111,7 @@ def fetch(name: str, source: Source | None = None) -> Path:
         for base in mirrors(name):
             url = base + filename
             tried.append(url)
-            downloader = pooch.HTTPDownloader(progressbar=_progress(), timeout=30)
+            downloader = pooch.HTTPDownloader(progressbar=True, timeout=30)  # tqdm bars
             try:
                 pooch.retrieve(
                     url, f"md5:{md5}", fname=filename, path=folder, downloader=downloader
@@ -171,12 +172,3 @@ def _reason(err: OSError) -> str:
     if isinstance(err, requests.ConnectionError):
         return "no connection (offline, or the host is unknown)"
     return first_line(err, 160)
-
-
-def _progress() -> bool:
-    """A tqdm bar per file where tqdm is installed (it is a dependency)."""
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True

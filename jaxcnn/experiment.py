@@ -194,7 +194,7 @@ def resume_view(saved: dict) -> dict:
     """The :data:`RESUME_KEYS` of a ``config.json``, older layouts included (``dtype``
     was a top-level field before it moved into ``compute``)."""
     defaults = {f.name: f.default for f in dataclasses.fields(train.Config)}
-    defaults["dtype"] = train.Compute().dtype
+    defaults["dtype"] = train.PLAIN.dtype
     flat = {**saved, **saved.get("compute", {})}
     return {k: flat.get(k, defaults.get(k)) for k in RESUME_KEYS}
 

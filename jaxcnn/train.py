@@ -54,7 +54,7 @@ class Config:
 
     def to_json(self) -> dict:
         """What ``config.json`` and ``summary.json`` record."""
-        out = dataclasses.asdict(dataclasses.replace(self, compute=Compute()))
+        out = dataclasses.asdict(dataclasses.replace(self, compute=PLAIN))
         out["compute"] = self.compute.to_json()
         return out
 
