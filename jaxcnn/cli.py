@@ -41,11 +41,8 @@ def run_main(main: Callable[[], None]) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(
-            "interrupted; completed epochs are checkpointed (continue with --resume)",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as err:  # the trainer's says what it kept
+        print(str(err) or "interrupted", file=sys.stderr)
         sys.exit(130)
 
 

@@ -115,6 +115,8 @@ def read_idx_split(directory: Path, split: str) -> Split:
             f"'{image_path}' and '{label_path}' do not match: images {images.shape}, "
             f"labels {labels.shape}"
         )
+    if len(images) == 0:
+        raise DataError(f"'{image_path}' holds 0 images; the {split} split needs at least one")
     if labels.max(initial=0) > 9:
         raise DataError(f"'{label_path}' holds labels above 9: not a 10-class label file")
     return Split(images[..., None], labels.astype(np.int32), str(directory))
@@ -138,6 +140,8 @@ def read_cifar_split(directory: Path, split: str) -> Split:
             raise DataError(f"'{path}' is not a readable CIFAR-10 batch ({err})") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(batch_labels):
             raise DataError(f"'{path}' is corrupt: data {data.shape}, labels {batch_labels.shape}")
+        if len(data) == 0:
+            raise DataError(f"'{path}' holds 0 images; a CIFAR-10 batch holds 10000")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(batch_labels)
     return Split(np.concatenate(images), np.concatenate(labels), str(directory))

@@ -1,16 +1,16 @@
 """``train_and_evaluate``: the host side of a run (data, epochs, files, resume).
 
 The compiled math lives in :mod:`jaxcnn.train`; this module only moves data to
-the device once, calls one compiled epoch and one compiled evaluation per epoch,
-and writes what a user keeps: ``config.json``, ``metrics.jsonl``,
-``summary.json``, ``checkpoints/<epoch>``, ``curves.png`` and
-``predictions.png``. :func:`train_and_evaluate` reads as its steps.
+the device once, calls an epoch's few compiled chunks and one compiled
+evaluation per epoch, and writes what a user keeps: ``config.json``,
+``metrics.jsonl``, ``summary.json``, ``checkpoints/<epoch>``, ``curves.png`` and
+``predictions.png``, in a workdir it holds locked (:mod:`jaxcnn.workdir`).
+:func:`train_and_evaluate` reads as its steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,23 +18,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import data, parallel, report, trace, train
+from jaxcnn import data, memory, parallel, report, trace, train
+from jaxcnn import workdir as workdirs
 from jaxcnn.checkpoint import Checkpoints
 from jaxcnn.errors import UserError
-
-# Fields that must match for --resume to continue a run rather than start another.
-RESUME_KEYS = (
-    "model",
-    "dataset",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "momentum",
-    "loss",
-    "seed",
-    "permute_pixels",
-    "dtype",
-)
+from jaxcnn.workdir import default_workdir, holds_run  # noqa: F401  (the scripts' names)
 
 
 class NonFiniteLossError(UserError):
@@ -78,29 +66,36 @@ def train_and_evaluate(
 
     Args:
         config: from :func:`jaxcnn.train.get_config`.
-        workdir: where the run's files go (created if missing).
-        resume: continue from the workdir's last complete epoch.
+        workdir: where the run's files go (created if missing; locked while it runs).
+        resume: continue from the workdir's newest intact checkpoint.
         init_model: a model (or its ``nnx.Param`` state) whose parameters to start
             from instead of a fresh init, e.g. ``parity.load_torch_checkpoint(...)``.
-        progress: show a progress bar over the epochs.
+        progress: show a progress bar over the steps.
         profile_dir: write a profiler trace of a few steady-state steps here.
         hlo_dir: write the optimized HLO of the epoch and eval functions here.
 
     Returns:
         The summary (also written to ``workdir/summary.json``).
     """
-    run = start(config, Path(workdir).absolute(), resume, init_model, profile_dir, hlo_dir)
-    epoch_fn, eval_fn = compile_programs(run, hlo_dir)
-    train_epochs(run, epoch_fn, eval_fn, progress)
-    run.ckpts.close()
-    if profile_dir is not None:
-        directory = trace.profile_steps(run.program, run.state, *run.device_data[:2], profile_dir)
-        run.log(f"profile of {trace.TRACED_STEPS} steady-state steps in {directory} (Perfetto)")
-    return finish(run)
+    workdir = Path(workdir).absolute()
+    lock = workdirs.WorkdirLock(workdir)
+    try:
+        run = start(config, workdir, lock, resume, init_model, profile_dir, hlo_dir)
+        epoch_fn, eval_fn = compile_programs(run, hlo_dir)
+        train_epochs(run, epoch_fn, eval_fn, progress)
+        run.ckpts.close()
+        if profile_dir is not None:
+            directory = trace.profile_steps(
+                run.program, run.state, *run.device_data[:2], profile_dir
+            )
+            run.log(f"profile of {trace.TRACED_STEPS} steady-state steps in {directory} (Perfetto)")
+        return finish(run)
+    finally:
+        lock.release()
 
 
-def start(config, workdir: Path, resume: bool, init_model, profile_dir, hlo_dir) -> Run:
-    """Program, data and workdir, checked in that order before any work is done."""
+def start(config, workdir: Path, lock, resume: bool, init_model, profile_dir, hlo_dir) -> Run:
+    """Program, data and workdir (locked), checked in that order before any work is done."""
     primary = parallel.is_primary()
     with parallel.all_or_none():
         program, state = train.create_program(config, init_model)
@@ -114,16 +109,27 @@ def start(config, workdir: Path, resume: bool, init_model, profile_dir, hlo_dir)
             report.ensure_dir(profile_dir, "--profile folder")
         if hlo_dir is not None and primary:
             report.ensure_dir(hlo_dir, "--dump-hlo folder")
-        report.ensure_dir(workdir, "workdir")
-        ckpts = Checkpoints(workdir)
-        check_workdir(workdir, config, resume, ckpts)
+        workdirs.prepare(workdir)
+        if primary:  # the run's lock is process 0's
+            lock.acquire()
+        ckpts = Checkpoints(workdir, primary=primary)
+        workdirs.check_resumable(workdir, config, resume, ckpts.latest_epoch())
+        epoch, damaged = ckpts.newest_intact() if resume else (None, {})
+    if lock.note:
+        report.log(lock.note)
     run = Run(config, workdir, program, state, train_split, test_split, (), ckpts, primary=primary)
-    if resume and ckpts.latest_epoch() is not None:
-        run.start_epoch = ckpts.latest_epoch()
-        run.state = ckpts.restore(state)
-        run.log(f"resuming {config.model} from epoch {run.start_epoch} in {workdir}")
-    if primary:
-        report.write_json(workdir / "config.json", config.to_json())
+    with parallel.all_or_none():  # every process has verified before process 0 moves
+        if damaged and primary:
+            for where, (bad, problem) in zip(
+                ckpts.set_aside(damaged), damaged.items(), strict=True
+            ):
+                report.log(f"warning: the checkpoint of epoch {bad} is damaged ({problem}); "
+                           f"moved to '{where}'")  # fmt: skip
+    ckpts.manager.reload()
+    if epoch is not None:
+        run.start_epoch = epoch
+        run.state = ckpts.restore(state, epoch)
+        run.log(f"resuming {config.model} from epoch {epoch} in {workdir}")
     run.rows = report.read_metrics(workdir / "metrics.jsonl", upto_epoch=run.start_epoch)
     sharding = parallel.replicated(program.mesh) if program.mesh is not None else None
     arrays = (train_split.images, train_split.labels, test_split.images, test_split.labels)
@@ -132,7 +138,7 @@ def start(config, workdir: Path, resume: bool, init_model, profile_dir, hlo_dir)
 
 
 def load_data(config: train.Config, input_shape) -> tuple[data.Split, data.Split]:
-    """Train and test splits on the host, checked against the model's input."""
+    """Train and test splits on the host, checked against the model and the batch size."""
     train_split = data.load(config.dataset, "train", config.data_dir)
     test_split = data.load(config.dataset, "test", config.data_dir)
     data.check_compatible(train_split, input_shape, config.model, config.dataset)
@@ -144,72 +150,31 @@ def load_data(config: train.Config, input_shape) -> tuple[data.Split, data.Split
             images=train_split.images[: config.train_limit],
             labels=train_split.labels[: config.train_limit],
         )
+    n = len(train_split.labels)
+    if config.batch_size > n:
+        raise UserError(
+            f"--batch-size {config.batch_size} is larger than the {n} training images; "
+            f"lower it to {n} or less"
+        )
     return train_split, test_split
 
 
-def default_workdir(model: str, dataset: str, resume: bool) -> tuple[Path, str | None]:
-    """``runs/<model>-<dataset>``, or, when that holds a run and this is not a resume, the
-    first ``runs/<model>-<dataset>-N`` that holds none; and a line saying so (or None).
-
-    So the quickstart can be run twice; an explicit ``--workdir`` is never renamed.
-    """
-    base = Path("runs") / f"{model}-{dataset}"
-    if resume or not holds_run(base):
-        return base, None
-    n = 2
-    while holds_run(base.with_name(f"{base.name}-{n}")):
-        n += 1
-    fresh = base.with_name(f"{base.name}-{n}")
-    return fresh, f"'{base}' holds a run; this one goes to '{fresh}' (--resume continues that one)"
-
-
-def holds_run(workdir: Path) -> bool:
-    """Whether ``workdir`` holds a run's checkpoint or files."""
-    checkpoints = workdir / "checkpoints"
-    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
-        return True
-    return (workdir / "config.json").exists() or (workdir / "metrics.jsonl").exists()
-
-
-def check_workdir(workdir: Path, config: train.Config, resume: bool, ckpts: Checkpoints):
-    """Refuse to overwrite a run, and to resume one with another recipe."""
-    saved = workdir / "config.json"
-    if ckpts.latest_epoch() is not None and not resume:
-        raise UserError(
-            f"workdir '{workdir}' already holds a run (checkpoint of epoch "
-            f"{ckpts.latest_epoch()}); pass --resume to continue it or choose another --workdir"
-        )
-    if resume and saved.exists():
-        old = resume_view(json.loads(saved.read_text()))
-        new = resume_view(config.to_json())
-        diff = [k for k in RESUME_KEYS if json.dumps(old[k]) != json.dumps(new[k])]
-        if diff:
-            raise UserError(
-                f"--resume: this run's {', '.join(diff)} differ from the run in '{workdir}' "
-                f"({', '.join(f'{k}={old.get(k)}' for k in diff)})"
-            )
-
-
-def resume_view(saved: dict) -> dict:
-    """The :data:`RESUME_KEYS` of a ``config.json``, older layouts included (``dtype``
-    was a top-level field before it moved into ``compute``)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(train.Config)}
-    defaults["dtype"] = train.PLAIN.dtype
-    flat = {**saved, **saved.get("compute", {})}
-    return {k: flat.get(k, defaults.get(k)) for k in RESUME_KEYS}
-
-
 def compile_programs(run: Run, hlo_dir) -> tuple:
-    """The epoch and eval programs, compiled ahead of time (their seconds are reported)."""
+    """The chunked epoch and the eval program, compiled ahead of time and checked to fit
+    in memory (their seconds are reported)."""
     images, labels, test_images, test_labels = run.device_data
-    epoch_fn, run.compile_seconds = train.timed_compile(
-        train.make_epoch_fn(run.program), run.state, images, labels, 0
-    )
-    eval_fn, run.eval_compile_seconds = train.timed_compile(
-        train.make_eval_fn(run.program), run.state.params, test_images, test_labels
-    )
+    batch_size = run.config.batch_size
+    with memory.out_of_memory_is_an_error(batch_size):
+        epoch = train.make_chunked_epoch(run.program, run.state, images, labels)
+        eval_fn, run.eval_compile_seconds = train.timed_compile(
+            train.make_eval_fn(run.program), run.state.params, test_images, test_labels
+        )
+    run.compile_seconds = epoch.compile_seconds
+    memory.check_fits({"training": epoch.chunk or epoch.tail, "evaluation": eval_fn}, batch_size)
     if hlo_dir is not None and run.primary:
-        trace.dump_hlo(epoch_fn, Path(hlo_dir) / f"{run.config.model}_epoch.hlo.txt")
+        trace.dump_hlo(
+            epoch.chunk or epoch.tail, Path(hlo_dir) / f"{run.config.model}_epoch.hlo.txt"
+        )
         trace.dump_hlo(eval_fn, Path(hlo_dir) / f"{run.config.model}_eval.hlo.txt")
     config = run.config
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
@@ -219,53 +184,75 @@ def compile_programs(run: Run, hlo_dir) -> tuple:
         f"{config.batch_size}, {config.epochs} epochs, {config.devices} device(s){processes}; "
         f"compiled in {run.compile_seconds + run.eval_compile_seconds:.1f}s"
     )
-    return epoch_fn, eval_fn
+    return epoch, eval_fn
 
 
-def train_epochs(run: Run, epoch_fn, eval_fn, progress: bool) -> None:
-    """Every remaining epoch: train, check, evaluate, then metrics row and checkpoint."""
+def train_epochs(run: Run, epoch_fn: train.ChunkedEpoch, eval_fn, progress: bool) -> None:
+    """Every remaining epoch: train, check, evaluate, then metrics row and checkpoint.
+
+    Ctrl-C lands between compiled calls (seconds apart) and says what was kept.
+    """
     config = run.config
+    if run.primary:  # once the programs are compiled and fit: the run is on
+        report.write_json(run.workdir / "config.json", config.to_json())
     bar = None
     if progress and run.primary:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.epochs, initial=run.start_epoch, unit="epoch", dynamic_ncols=True)
-    for epoch in range(run.start_epoch + 1, config.epochs + 1):
-        row = run_epoch(run, epoch_fn, eval_fn, epoch)
-        line = (
-            f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, test accuracy "
-            f"{100 * row['test_accuracy']:.2f}%, {row['seconds']:.2f}s "
-            f"({row['images_per_second']:,.0f} img/s)"
+        bar = tqdm(
+            total=config.epochs * epoch_fn.steps,
+            initial=run.start_epoch * epoch_fn.steps,
+            unit="step",
+            dynamic_ncols=True,
         )
-        if bar is None:
-            run.log(line)
-            continue
-        bar.set_postfix(
-            loss=f"{row['train_loss']:.4f}",
-            acc=f"{100 * row['test_accuracy']:.2f}%",
-            img_s=f"{row['images_per_second']:,.0f}",
-        )
-        bar.update(1)
-        bar.write(line)
+    epoch = run.start_epoch
+    try:
+        for epoch in range(run.start_epoch + 1, config.epochs + 1):
+            row = run_epoch(run, epoch_fn, eval_fn, epoch, bar)
+            line = (
+                f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, test "
+                f"accuracy {100 * row['test_accuracy']:.2f}%, {row['seconds']:.2f}s "
+                f"({row['images_per_second']:,.0f} img/s)"
+            )
+            if bar is None:
+                run.log(line)
+                continue
+            bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
+                            acc=f"{100 * row['test_accuracy']:.2f}%")  # fmt: skip
+            bar.write(line)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        raise KeyboardInterrupt(f"interrupted in epoch {epoch}; {kept(run)}") from None
     if bar is not None:
         bar.close()
 
 
-def run_epoch(run: Run, epoch_fn, eval_fn, epoch: int) -> dict:
+def kept(run: Run) -> str:
+    """What an interrupted or failed run leaves to continue from, in words."""
+    epoch, _ = run.ckpts.newest_intact()
+    if epoch is None:
+        return "no epoch was completed, so there is no checkpoint to continue from"
+    return (
+        f"epochs 1-{epoch} are kept (checkpoint '{run.ckpts.path(epoch)}'); continue with --resume"
+    )
+
+
+def run_epoch(run: Run, epoch_fn: train.ChunkedEpoch, eval_fn, epoch: int, bar=None) -> dict:
     """One epoch and its evaluation; the row is written before the checkpoint."""
     images, labels, test_images, test_labels = run.device_data
     start = time.perf_counter()
-    new_state, losses = epoch_fn(run.state, images, labels, epoch)
-    losses = np.asarray(losses)  # waits for the epoch: the timing below is honest
+    state, parts = run.state, []
+    with memory.out_of_memory_is_an_error(run.config.batch_size):
+        for call in epoch_fn.calls(run.state, images, labels, epoch):
+            state, losses, _ = call
+            parts.append(losses)
+            check_finite(run, losses, sum(map(len, parts)) - len(losses), epoch)
+            if bar is not None:
+                bar.update(len(losses))
     seconds = time.perf_counter() - start
-    if not np.all(np.isfinite(losses)):
-        bad = int(np.argmin(np.isfinite(losses)))
-        raise NonFiniteLossError(
-            f"loss became {losses[bad]} at step {bad + 1} of epoch {epoch}; stopped, the "
-            f"checkpoint of epoch {epoch - 1} in '{run.ckpts.directory}' is the last good one "
-            "(try a smaller --lr)"
-        )
-    run.state = new_state
+    losses = np.concatenate(parts)
+    run.state = state
     accuracy, test_loss = (float(v) for v in eval_fn(run.state.params, test_images, test_labels))
     row = {
         "epoch": epoch,
@@ -283,6 +270,23 @@ def run_epoch(run: Run, epoch_fn, eval_fn, epoch: int) -> dict:
         report.write_metrics(run.workdir / "metrics.jsonl", run.rows)
     run.ckpts.save(epoch, run.state)
     return row
+
+
+def check_finite(run: Run, losses: np.ndarray, first_step: int, epoch: int) -> None:
+    """Stop at the first non-finite loss, naming the checkpoint that really is good."""
+    if np.all(np.isfinite(losses)):
+        return
+    bad = int(np.argmin(np.isfinite(losses)))
+    good, _ = run.ckpts.newest_intact()
+    kept = (
+        f"the checkpoint of epoch {good} in '{run.ckpts.directory}' is the last good one"
+        if good is not None
+        else "no checkpoint was written before it"
+    )
+    raise NonFiniteLossError(
+        f"loss became {losses[bad]} at step {first_step + bad + 1} of epoch {epoch}; "
+        f"stopped, {kept} (try a smaller --lr)"
+    )
 
 
 def finish(run: Run) -> dict[str, Any]:

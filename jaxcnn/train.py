@@ -51,6 +51,9 @@ class Config:
     devices: int = 1  # data-parallel over this many local devices
     compute: Compute = PLAIN  # how a step computes, resolved (jaxcnn.compute)
     eval_batch_size: int = 1000
+    # Compiled calls per epoch: the host waits between them (progress, Ctrl-C).
+    # None: 20 on a CPU, where an epoch can take minutes, and 1 elsewhere.
+    epoch_chunks: int | None = None
 
     def to_json(self) -> dict:
         """What ``config.json`` and ``summary.json`` record."""
@@ -81,7 +84,9 @@ def get_config(model: str, dataset: str, *, backend: str | None = None, **overri
     }
     requested = {k: overrides.pop(k) for k in list(overrides) if k in compute.FIELDS}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values["compute"] = compute.resolve(requested, backend=backend or jax.default_backend())
+    backend = backend or jax.default_backend()
+    values["compute"] = compute.resolve(requested, backend=backend)
+    values.setdefault("epoch_chunks", 20 if backend == "cpu" else 1)
     config = Config(**values)
     if config.dataset not in data.DATASETS:
         raise UserError(
@@ -93,16 +98,28 @@ def get_config(model: str, dataset: str, *, backend: str | None = None, **overri
         )
     if config.loss not in LOSSES:
         raise UserError(f"unknown loss '{config.loss}'; choose one of: {', '.join(LOSSES)}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "devices", "train_limit"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "eval_batch_size",
+        "devices",
+        "train_limit",
+        "epoch_chunks",
+    ):
         value = getattr(config, name)
         if value is not None and value < 1:  # train_limit None: all the data
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise UserError(f"--lr must be a positive number, got {config.lr}")
-    if config.momentum < 0:
-        raise UserError(f"--momentum must be >= 0, got {config.momentum}")
+    if not (config.momentum >= 0 and math.isfinite(config.momentum)):
+        raise UserError(f"--momentum must be a number >= 0, got {config.momentum}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1, got {config.seed}")
     parallel.check_batch_size(config.batch_size, config.devices)
     return config
+
+
+MAX_SEED = 2**63 - 1  # what jax.random.key and nnx.Rngs accept (a C long)
 
 
 class TrainState(NamedTuple):
@@ -230,39 +247,118 @@ def epoch_keys(seed: int, epoch: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.split(key)
 
 
+def epoch_order(program: Program, n: int, epoch) -> tuple[jax.Array, jax.Array]:
+    """(permutation of the ``n`` images, one dropout key per step) of an epoch."""
+    order_key, dropout_key = epoch_keys(program.config.seed, epoch)
+    full = n // program.config.batch_size  # full + 1 keys whether or not a partial batch
+    return jax.random.permutation(order_key, n), jax.random.split(dropout_key, full + 1)
+
+
+def run_steps(program: Program, state, images, labels, perm, keys, start, length: int):
+    """Full-batch steps ``start .. start + length - 1`` of an epoch, one ``lax.scan``."""
+    batch_size = program.config.batch_size
+    idx = jax.lax.dynamic_slice_in_dim(perm, start * batch_size, length * batch_size)
+    step_keys = jax.lax.dynamic_slice_in_dim(keys, start, length)
+
+    def body(state, xs):
+        batch, key = xs
+        return train_step(program, state, (images[batch], labels[batch]), key)
+
+    unroll = max(1, min(program.config.compute.unroll, length))
+    return jax.lax.scan(body, state, (idx.reshape(length, batch_size), step_keys), unroll=unroll)
+
+
+def run_tail(program: Program, state, images, labels, perm, keys, start: int):
+    """The epoch's steps from full-batch step ``start`` on, and its final partial batch
+    (PyTorch's ``DataLoader`` keeps it) as one more step."""
+    n, batch_size = images.shape[0], program.config.batch_size
+    full = n // batch_size
+    losses = jnp.zeros((0,), jnp.float32)
+    if full > start:
+        state, losses = run_steps(program, state, images, labels, perm, keys, start, full - start)
+    if n % batch_size:
+        idx = perm[full * batch_size :]
+        state, last = train_step(program, state, (images[idx], labels[idx]), keys[full])
+        losses = jnp.concatenate([losses, last[None]])
+    return state, losses
+
+
 def make_epoch_fn(program: Program) -> Callable:
     """``epoch_fn(state, images, labels, epoch) -> (state, per-step losses)``, one jit.
 
-    Full batches run in one ``lax.scan`` over a device-side permutation; a final
-    partial batch (PyTorch's ``DataLoader`` keeps it) is one more step.
+    The whole epoch as one program (what the GPU runs and the census compiles):
+    the same :func:`run_steps` and :func:`run_tail` a :class:`ChunkedEpoch` calls.
     """
-    batch_size = program.config.batch_size
 
     def epoch_fn(state, images, labels, epoch):
-        order_key, dropout_key = epoch_keys(program.config.seed, epoch)
-        n = images.shape[0]
-        perm = jax.random.permutation(order_key, n)
-        full, rest = divmod(n, batch_size)
-        step_keys = jax.random.split(dropout_key, full + 1)
-
-        def body(state, xs):
-            idx, key = xs
-            return train_step(program, state, (images[idx], labels[idx]), key)
-
-        batches = perm[: full * batch_size].reshape(full, batch_size)
-        state, losses = jax.lax.scan(
-            body,
-            state,
-            (batches, step_keys[:full]),
-            unroll=max(1, min(program.config.compute.unroll, full)),
-        )
-        if rest:
-            idx = perm[full * batch_size :]
-            state, last = train_step(program, state, (images[idx], labels[idx]), step_keys[full])
-            losses = jnp.concatenate([losses, last[None]])
-        return state, losses
+        perm, keys = epoch_order(program, images.shape[0], epoch)
+        return run_tail(program, state, images, labels, perm, keys, 0)
 
     return program.jit(epoch_fn, donate_argnums=0)
+
+
+@dataclasses.dataclass
+class ChunkedEpoch:
+    """An epoch as a few compiled calls of ``chunk`` full-batch steps each, then a tail.
+
+    The host waits for each call, so a progress bar moves and Ctrl-C takes effect
+    between calls, seconds apart, instead of once per epoch. Each step computes
+    exactly what it computes in the one-program epoch (same order, keys, ops).
+    """
+
+    order: Callable  # (epoch) -> (perm, keys)
+    chunk: Callable | None  # (state, images, labels, perm, keys, start) -> (state, losses)
+    tail: Callable | None  # (state, images, labels, perm, keys) -> (state, losses)
+    starts: tuple[int, ...]  # first step of each chunk
+    steps: int  # steps per epoch, partial batch included
+    compile_seconds: float = 0.0
+
+    def calls(self, state, images, labels, epoch):
+        """Yield ``(state, losses of the call, steps done)`` after each call."""
+        perm, keys = self.order(epoch)
+        done = 0
+        for start in self.starts:
+            state, losses = self.chunk(state, images, labels, perm, keys, start)
+            losses = np.asarray(losses)  # waits: the call is finished
+            done += len(losses)
+            yield state, losses, done
+        if self.tail is not None:
+            state, losses = self.tail(state, images, labels, perm, keys)
+            yield state, np.asarray(losses), self.steps
+
+
+def chunk_length(full_steps: int, chunks: int) -> int:
+    """Steps per chunk so an epoch of ``full_steps`` is about ``chunks`` calls."""
+    return max(1, -(-full_steps // max(1, chunks)))
+
+
+def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
+    """The :class:`ChunkedEpoch` of ``program.config.epoch_chunks`` calls, compiled."""
+    n, batch_size = images.shape[0], program.config.batch_size
+    full = n // batch_size
+    length = chunk_length(full, program.config.epoch_chunks)
+    starts = tuple(range(0, full - full % length, length))
+    tail_start = len(starts) * length
+    t0 = time.perf_counter()
+    perm, keys = jax.eval_shape(lambda: epoch_order(program, n, 0))
+    order = program.jit(lambda epoch: epoch_order(program, n, epoch)).lower(0).compile()
+    chunk = tail = None
+    if starts:
+
+        def chunk_fn(state, images, labels, perm, keys, start):
+            return run_steps(program, state, images, labels, perm, keys, start, length)
+
+        chunk = program.jit(chunk_fn, donate_argnums=0)
+        chunk = chunk.lower(state, images, labels, perm, keys, 0).compile()
+    if tail_start < full or n % batch_size:
+
+        def tail_fn(state, images, labels, perm, keys):
+            return run_tail(program, state, images, labels, perm, keys, tail_start)
+
+        tail = program.jit(tail_fn, donate_argnums=0).lower(state, images, labels, perm, keys)
+        tail = tail.compile()
+    steps = -(-n // batch_size)
+    return ChunkedEpoch(order, chunk, tail, starts, steps, time.perf_counter() - t0)
 
 
 def make_eval_fn(program: Program) -> Callable:

@@ -21,6 +21,7 @@ mismatches are reported together by torch key and expected shape.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcnn import models
+from jaxcnn import models, report
 from jaxcnn.errors import UserError, first_line
 
 # The per-layer value rules, keyed by the tensor's rank: torch layout -> Flax layout.
@@ -95,10 +96,49 @@ def expected_torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 def _to_numpy(value: Any) -> np.ndarray:
     """An owned numpy copy: ``tensor.numpy()`` and ``jnp.asarray`` may both alias
     memory on CPU, and a later in-place torch update would then rewrite the
-    "loaded" Flax weights behind the user's back."""
+    "loaded" Flax weights behind the user's back. Floating tensors numpy cannot
+    hold (bfloat16) arrive as float32."""
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
-        return value.detach().cpu().numpy().copy()
+        value = value.detach().cpu()
+        if value.is_floating_point() and str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy().copy()
     return np.array(value, copy=True)
+
+
+def _torch_dtype(value: Any) -> str:
+    """The dtype name as torch says it (``bfloat16``, ``int64``, ...)."""
+    dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+    return str(dtype).removeprefix("torch.")
+
+
+def checked_values(state_dict: Mapping[str, Any], keys) -> dict[str, np.ndarray]:
+    """The ``keys`` of ``state_dict`` as float32 arrays, once every one is a finite float.
+
+    float16, bfloat16 and float64 tensors are converted, and said once; integer,
+    bool or complex tensors and tensors holding NaN or inf are refused by key.
+    """
+    values, converted, not_float, not_finite = {}, {}, [], []
+    for key in keys:
+        value = _to_numpy(state_dict[key])
+        dtype = _torch_dtype(state_dict[key])
+        if not np.issubdtype(value.dtype, np.floating):
+            not_float.append(f"{key} ({dtype})")
+            continue
+        if dtype != "float32":  # bfloat16 arrives from _to_numpy as float32 already
+            converted[dtype] = converted.get(dtype, 0) + 1
+            value = value.astype(np.float32)
+        if not np.all(np.isfinite(value)):
+            not_finite.append(key)
+        values[key] = value
+    if not_float:
+        raise CheckpointError("checkpoint tensors that are not floats: " + ", ".join(not_float))
+    if not_finite:
+        raise CheckpointError("checkpoint tensors holding NaN or inf: " + ", ".join(not_finite))
+    if converted:
+        counts = ", ".join(f"{n} {dtype}" for dtype, n in converted.items())
+        report.log(f"warning: converted the checkpoint's {counts} tensors to float32")
+    return values
 
 
 def _unwrap(obj: Any, source: str) -> Mapping[str, Any]:
@@ -117,6 +157,19 @@ def _unwrap(obj: Any, source: str) -> Mapping[str, Any]:
     )
 
 
+# torch.save's legacy format opens with a pickled magic number (0x1950a86a20f9469cfc6c).
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def is_torch_save_file(path: Path) -> bool:
+    """Whether ``path`` is in one of ``torch.save``'s formats (a zip, or the legacy
+    pickle stream): so random bytes are not mistaken for a pickled model."""
+    if zipfile.is_zipfile(path):
+        return True
+    with path.open("rb") as fh:
+        return fh.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC
+
+
 def read_state_dict(path: str | Path) -> Mapping[str, Any]:
     """Read a ``.pt``/``.pth`` (weights only, never unpickling code) or ``.safetensors`` file."""
     path = Path(path)
@@ -132,6 +185,11 @@ def read_state_dict(path: str | Path) -> Mapping[str, Any]:
             raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from None
     import torch
 
+    if not is_torch_save_file(path):
+        raise CheckpointError(
+            f"'{path}' is not a PyTorch checkpoint (neither torch.save's zip format nor its "
+            "legacy pickle format)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -156,13 +214,13 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> n
     """
     name = getattr(model, "model_name", None) or type(model).__name__
     expected = expected_torch_shapes(model)
-    given = {k: _to_numpy(v) for k, v in state_dict.items()}
-    missing = [f"{k} {list(s)}" for k, s in expected.items() if k not in given]
-    unexpected = [f"{k} {list(given[k].shape)}" for k in given if k not in expected]
+    shapes = {k: tuple(getattr(v, "shape", np.shape(v))) for k, v in state_dict.items()}
+    missing = [f"{k} {list(s)}" for k, s in expected.items() if k not in shapes]
+    unexpected = [f"{k} {list(shapes[k])}" for k in shapes if k not in expected]
     wrong = [
-        f"{k}: got {list(given[k].shape)}, expected {list(s)}"
+        f"{k}: got {list(shapes[k])}, expected {list(s)}"
         for k, s in expected.items()
-        if k in given and tuple(given[k].shape) != tuple(s)
+        if k in shapes and shapes[k] != tuple(s)
     ]
     problems = []
     if missing:
@@ -174,6 +232,7 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> n
     if problems:
         raise CheckpointError(f"checkpoint does not fit model '{name}': " + " | ".join(problems))
 
+    given = checked_values(state_dict, expected)
     params = nnx.state(model, nnx.Param)
     for path, var in nnx.to_flat_state(params):
         value = to_flax_value(given[path_to_torch_key(path)])

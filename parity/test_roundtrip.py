@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from jaxcnn import models
 from jaxcnn.errors import UserError
 from parity import CheckpointError, load_torch_checkpoint, to_torch_state_dict
-from parity.convert import path_to_torch_key, torch_key_to_path
+from parity.convert import path_to_torch_key, to_numpy_state_dict, torch_key_to_path
 from parity.torch_models import create_torch
 
 
@@ -106,3 +106,50 @@ def test_checkpoint_of_another_model_is_refused():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UserError, match="unknown model 'vgg'.*mnist_cnn.*inception"):
         load_torch_checkpoint({}, "vgg")
+
+
+def test_random_bytes_are_not_called_a_pickled_model(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint") as err:
+        load_torch_checkpoint(path, "basic_cnn")
+    assert "pickled" not in str(err.value)
+
+
+def test_the_legacy_torch_save_format_still_loads(tmp_path):
+    state_dict = create_torch("basic_cnn").state_dict()
+    torch.save(state_dict, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    model = load_torch_checkpoint(tmp_path / "old.pt", "basic_cnn")
+    np.testing.assert_array_equal(to_numpy_state_dict(model)["fc.bias"], state_dict["fc.bias"])
+
+
+def test_non_float_and_non_finite_tensors_are_refused_by_key():
+    sd = dict(create_torch("basic_cnn").state_dict())
+    sd["fc.bias"] = torch.zeros(10, dtype=torch.int64)
+    sd["conv1.bias"] = torch.zeros(10, dtype=torch.bool)
+    with pytest.raises(
+        CheckpointError, match=r"not floats: conv1\.bias \(bool\), fc\.bias \(int64\)"
+    ):
+        load_torch_checkpoint(sd, "basic_cnn")
+    sd = dict(create_torch("basic_cnn").state_dict())
+    sd["conv2.weight"] = sd["conv2.weight"].clone()
+    sd["conv2.weight"][0, 0, 0, 0] = float("nan")
+    sd["fc.weight"] = torch.full_like(sd["fc.weight"], float("inf"))
+    with pytest.raises(CheckpointError, match=r"holding NaN or inf: conv2\.weight, fc\.weight$"):
+        load_torch_checkpoint(sd, "basic_cnn")
+
+
+def test_half_bfloat16_and_double_tensors_are_converted_and_said_once(capsys):
+    reference = create_torch("basic_cnn").state_dict()
+    sd = {k: v.double() for k, v in reference.items()}
+    sd["fc.bias"], sd["fc.weight"] = reference["fc.bias"].half(), reference["fc.weight"].bfloat16()
+    model = load_torch_checkpoint(sd, "basic_cnn")
+    err = capsys.readouterr().err.strip().splitlines()
+    n64 = len(reference) - 2
+    assert err == [
+        f"warning: converted the checkpoint's {n64} float64, 1 float16, 1 bfloat16 tensors "
+        "to float32"
+    ]
+    got = to_numpy_state_dict(model)
+    for key, value in sd.items():
+        np.testing.assert_array_equal(got[key], value.float().numpy())

@@ -34,6 +34,12 @@ def main() -> None:
     parser.add_argument(
         "--permute-pixels", action="store_true", help="one fixed pixel shuffle (seed 001 sec. 4)"
     )
+    parser.add_argument(
+        "--epoch-chunks",
+        type=int,
+        help="compiled calls per epoch, between which the bar moves and Ctrl-C lands "
+        "(default: 20 on a CPU, 1 elsewhere)",
+    )
     add_impl_flags(parser)
     parser.add_argument("--devices", help="data-parallel over 'all' or N local devices")
     parser.add_argument(
@@ -69,6 +75,7 @@ def main() -> None:
             seed=args.seed,
             data_dir=args.data_dir,
             train_limit=args.train_limit,
+            epoch_chunks=args.epoch_chunks,
             permute_pixels=args.permute_pixels or None,
             devices=parallel.parse_devices(args.devices),
             **impl_overrides(args),

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from jaxcnn import UserError, compute, data, experiment, train
+from jaxcnn import UserError, checkpoint, compute, data, experiment, train
 from jaxcnn.checkpoint import Checkpoints
 from tests.helpers import ENV, ROOT, make_idx_dir, run_script
 
@@ -134,11 +135,28 @@ def test_a_kill_right_after_a_checkpoint_loses_no_metrics_row(idx_dir, tmp_path,
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(idx_dir, tmp_path):
     config = small_config(idx_dir, lr=1e30, epochs=3)
-    with pytest.raises(experiment.NonFiniteLossError, match="loss became .* last good one") as err:
+    with pytest.raises(experiment.NonFiniteLossError, match="loss became") as err:
         experiment.train_and_evaluate(config, tmp_path, progress=False)
     bad = int(re.search(r"of epoch (\d+);", str(err.value)).group(1))
     # the epochs before the bad one are checkpointed, the bad one is not
     assert Checkpoints(tmp_path).latest_epoch() == (bad - 1 if bad > 1 else None)
+    if bad == 1:
+        assert "no checkpoint was written before it" in str(err.value)
+
+
+def test_divergence_names_the_newest_intact_checkpoint(tmp_path):
+    """Not "epoch - 1": the one that is there and intact (epoch 2 when 3 is damaged)."""
+    ckpts = Checkpoints(tmp_path)
+    for epoch in (1, 2, 3):
+        ckpts.save(epoch, {"w": np.full(3, float(epoch))})
+    (ckpts.path(3) / checkpoint.MANIFEST).unlink()
+    run = types.SimpleNamespace(ckpts=ckpts)
+    losses = np.array([1.0, 2.0, np.inf, np.nan])
+    with pytest.raises(experiment.NonFiniteLossError) as err:
+        experiment.check_finite(run, losses, first_step=8, epoch=4)
+    assert str(err.value).startswith("loss became inf at step 11 of epoch 4; stopped, the ")
+    assert "checkpoint of epoch 2 in" in str(err.value)
+    experiment.check_finite(run, losses[:2], first_step=0, epoch=4)  # finite: no error
 
 
 def test_existing_run_is_not_overwritten(idx_dir, tmp_path):
@@ -324,3 +342,27 @@ def test_no_data_anywhere_is_one_sentence_and_leaves_no_workdir(tmp_path):
     assert "dataset-fashion-mnist" in error[0]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(("chunks", "limit"), [(4, None), (2, None), (20, 288), (1, 288)])
+def test_a_chunked_epoch_computes_what_one_program_does(idx_dir, chunks, limit):
+    """Bit for bit: the chunks (and the tail of leftover steps and the partial batch)
+    run the same steps with the same keys as the one-program epoch."""
+    config = small_config(idx_dir, epoch_chunks=chunks, train_limit=limit)
+    program, state = train.create_program(config)
+    split, _ = experiment.load_data(config, program.input_shape)
+    images, labels = jax.device_put(split.images), jax.device_put(split.labels)
+    chunked = train.make_chunked_epoch(program, state, images, labels)
+    full = len(labels) // config.batch_size
+    assert len(chunked.starts) + (chunked.tail is not None) >= min(chunks, full)
+    parts, done = [], []
+    for call in chunked.calls(state, images, labels, 2):
+        new_state, losses, steps = call
+        parts.append(losses)
+        done.append(steps)
+    assert done[-1] == chunked.steps == -(-len(labels) // config.batch_size)
+    _, fresh = train.create_program(config)
+    whole_state, whole_losses = train.make_epoch_fn(program)(fresh, images, labels, 2)
+    np.testing.assert_array_equal(np.concatenate(parts), np.asarray(whole_losses))
+    for x, y in zip(jax.tree.leaves(new_state), jax.tree.leaves(whole_state), strict=True):
+        np.testing.assert_array_equal(x, y)
