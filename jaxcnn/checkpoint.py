@@ -154,7 +154,7 @@ def verify(folder: Path) -> str | None:
         entries = json.loads((folder / MANIFEST).read_text())["files"]
         items = [(name, int(e["size"]), str(e["sha256"])) for name, e in entries.items()]
     except FileNotFoundError:
-        return f"it has no {MANIFEST} (it was being saved when the run stopped)"
+        return f"it has no {MANIFEST} (its save did not finish, or an older jaxcnn wrote it)"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"its {MANIFEST} is unreadable"
     for name, size, sha in items:

@@ -1,14 +1,17 @@
-"""Training: a pure train step, one jit-compiled ``lax.scan`` per epoch, jitted eval.
+"""Training: a pure train step, an epoch as a few jit-compiled loops, jitted eval.
 
-Data flow (host work happens once per epoch, never inside one)::
+Data flow (the host only queues calls and reads their losses)::
 
     data.load -> uint8 [N,H,W,C] on device (once)
-    for epoch: state, losses = epoch_fn(state, images, labels, epoch_key)   # one XLA call
-               accuracy = eval_fn(state.params, test_images, test_labels)   # one XLA call
+    for epoch: perm, keys = order(epoch)                                  # one XLA call
+               state, losses = chunk(state, ..., start, groups)  x a few  # ~2 s each
+               state, losses = tail(state, ...)       # leftover steps, partial batch
+               accuracy = eval_fn(state.params, test_images, test_labels) # one XLA call
                host: log, metrics.jsonl, checkpoint
 
 Randomness is a function of (seed, epoch, step) only (data order and dropout
-masks), so a resumed run replays exactly what an uninterrupted one would.
+masks), so a resumed run replays exactly what an uninterrupted one would, and
+where the calls split an epoch changes nothing.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ class Config:
     devices: int = 1  # data-parallel over this many local devices
     compute: Compute = PLAIN  # how a step computes, resolved (jaxcnn.compute)
     eval_batch_size: int = 1000
-    # Compiled calls per epoch: the host waits between them (progress, Ctrl-C).
-    # None: 20 on a CPU, where an epoch can take minutes, and 1 elsewhere.
-    epoch_chunks: int | None = None
+    # About this long per compiled call of an epoch, between which the progress bar
+    # moves and Ctrl-C lands; 0: one call per epoch (jaxcnn.train.ChunkedEpoch).
+    progress_seconds: float = 2.0
 
     def to_json(self) -> dict:
         """What ``config.json`` and ``summary.json`` record."""
@@ -86,7 +89,6 @@ def get_config(model: str, dataset: str, *, backend: str | None = None, **overri
     values.update({k: v for k, v in overrides.items() if v is not None})
     backend = backend or jax.default_backend()
     values["compute"] = compute.resolve(requested, backend=backend)
-    values.setdefault("epoch_chunks", 20 if backend == "cpu" else 1)
     config = Config(**values)
     if config.dataset not in data.DATASETS:
         raise UserError(
@@ -98,19 +100,14 @@ def get_config(model: str, dataset: str, *, backend: str | None = None, **overri
         )
     if config.loss not in LOSSES:
         raise UserError(f"unknown loss '{config.loss}'; choose one of: {', '.join(LOSSES)}")
-    for name in (
-        "epochs",
-        "batch_size",
-        "eval_batch_size",
-        "devices",
-        "train_limit",
-        "epoch_chunks",
-    ):
+    for name in ("epochs", "batch_size", "eval_batch_size", "devices", "train_limit"):
         value = getattr(config, name)
         if value is not None and value < 1:  # train_limit None: all the data
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise UserError(f"--lr must be a positive number, got {config.lr}")
+    if not (config.progress_seconds >= 0 and math.isfinite(config.progress_seconds)):
+        raise UserError(f"--progress-seconds must be a number >= 0, got {config.progress_seconds}")
     if not (config.momentum >= 0 and math.isfinite(config.momentum)):
         raise UserError(f"--momentum must be a number >= 0, got {config.momentum}")
     if not 0 <= config.seed <= MAX_SEED:
@@ -286,71 +283,131 @@ def run_tail(program: Program, state, images, labels, perm, keys, start: int):
 def make_epoch_fn(program: Program) -> Callable:
     """``epoch_fn(state, images, labels, epoch) -> (state, per-step losses)``, one jit.
 
-    The whole epoch as one program (what the GPU runs and the census compiles):
-    the same :func:`run_steps` and :func:`run_tail` a :class:`ChunkedEpoch` calls.
+    The whole epoch as one program (what the census compiles): the same
+    :func:`run_groups` and :func:`run_tail` a :class:`ChunkedEpoch` calls.
     """
 
     def epoch_fn(state, images, labels, epoch):
-        perm, keys = epoch_order(program, images.shape[0], epoch)
-        return run_tail(program, state, images, labels, perm, keys, 0)
+        n, unroll = images.shape[0], program.config.compute.unroll
+        perm, keys = epoch_order(program, n, epoch)
+        groups = (n // program.config.batch_size) // unroll
+        state, losses = run_groups(program, state, images, labels, perm, keys, 0, groups)
+        state, rest = run_tail(program, state, images, labels, perm, keys, groups * unroll)
+        return state, jnp.concatenate([losses[: groups * unroll], rest])
 
     return program.jit(epoch_fn, donate_argnums=0)
 
 
+def run_groups(program: Program, state, images, labels, perm, keys, start, groups):
+    """``groups`` x ``unroll`` full-batch steps from step ``start``, ``groups`` a traced
+    count (a while loop), so one program runs calls of any length; returns the state
+    and a loss per step, at the front of a buffer of one slot per full batch."""
+    batch_size, unroll = program.config.batch_size, program.config.compute.unroll
+    full = images.shape[0] // batch_size
+
+    def body(group, carry):
+        state, losses = carry
+        for j in range(unroll):  # the scan's unroll, as copies of the step
+            step = start + group * unroll + j
+            idx = jax.lax.dynamic_slice_in_dim(perm, step * batch_size, batch_size)
+            state, loss = train_step(program, state, (images[idx], labels[idx]), keys[step])
+            losses = losses.at[group * unroll + j].set(loss)
+        return state, losses
+
+    return jax.lax.fori_loop(0, groups, body, (state, jnp.zeros((full,), jnp.float32)))
+
+
 @dataclasses.dataclass
 class ChunkedEpoch:
-    """An epoch as a few compiled calls of ``chunk`` full-batch steps each, then a tail.
+    """An epoch as a few compiled calls of about ``seconds`` each, then a tail.
 
     The host waits for each call, so a progress bar moves and Ctrl-C takes effect
-    between calls, seconds apart, instead of once per epoch. Each step computes
-    exactly what it computes in the one-program epoch (same order, keys, ops).
+    between calls, seconds apart, instead of once per epoch. The calls' lengths
+    follow the measured time per step (the first epoch starts with a twentieth
+    of an epoch); each step computes exactly what it computes in the one-program
+    epoch (same order, keys, ops), so where the calls split an epoch changes no bit.
+    ``seconds=0`` runs every full batch in one call.
     """
 
     order: Callable  # (epoch) -> (perm, keys)
-    chunk: Callable | None  # (state, images, labels, perm, keys, start) -> (state, losses)
+    chunk: Callable | None  # (state, images, labels, perm, keys, start, groups) -> (state, losses)
     tail: Callable | None  # (state, images, labels, perm, keys) -> (state, losses)
-    starts: tuple[int, ...]  # first step of each chunk
+    groups: int  # groups of ``unroll`` full-batch steps the chunk calls run
+    unroll: int
     steps: int  # steps per epoch, partial batch included
+    seconds: float
     compile_seconds: float = 0.0
+    step_seconds: float | None = None  # measured, kept across epochs
 
-    def calls(self, state, images, labels, epoch):
-        """Yield ``(state, losses of the call, steps done)`` after each call."""
+    def next_groups(self, queued: int) -> int:
+        """Groups for the next call, ``queued`` groups into the epoch."""
+        left = self.groups - queued
+        if self.seconds <= 0:
+            return left
+        if self.step_seconds is None:
+            return min(left, max(1, self.groups // 20))
+        return min(left, max(1, round(self.seconds / (self.step_seconds * self.unroll))))
+
+    def calls(self, initial, images, labels, epoch):
+        """Yield ``(state, losses of a call, steps done)`` as each call finishes.
+
+        The next call is queued before the host waits for the current one, so the
+        device never idles on the host; the state yielded with a call's losses is
+        the newest queued one (the epoch's result once the last call is yielded).
+        """
         perm, keys = self.order(epoch)
-        done = 0
-        for start in self.starts:
-            state, losses = self.chunk(state, images, labels, perm, keys, start)
-            losses = np.asarray(losses)  # waits: the call is finished
-            done += len(losses)
-            yield state, losses, done
+        done, pending, last = 0, None, time.perf_counter()
+        for state, losses, count in self._launch(initial, images, labels, perm, keys):
+            if pending is not None:
+                finished, last = self._wait(pending, last)
+                done += len(finished)
+                yield state, finished, done
+            pending = (losses, count)
+        finished, last = self._wait(pending, last)
+        yield state, finished, done + len(finished)
+
+    def _launch(self, state, images, labels, perm, keys):
+        """Queue the calls one at a time, each sized when it is queued."""
+        queued = 0
+        while queued < self.groups:
+            groups = self.next_groups(queued)
+            start = queued * self.unroll
+            state, losses = self.chunk(state, images, labels, perm, keys, start, groups)
+            queued += groups
+            yield state, losses, groups * self.unroll
         if self.tail is not None:
             state, losses = self.tail(state, images, labels, perm, keys)
-            yield state, np.asarray(losses), self.steps
+            yield state, losses, None
 
-
-def chunk_length(full_steps: int, chunks: int) -> int:
-    """Steps per chunk so an epoch of ``full_steps`` is about ``chunks`` calls."""
-    return max(1, -(-full_steps // max(1, chunks)))
+    def _wait(self, item, last: float) -> tuple[np.ndarray, float]:
+        """The call's losses once it is done, and the time per step it took."""
+        losses, count = item
+        losses = np.asarray(losses)  # waits for the call
+        now = time.perf_counter()
+        if count is not None:
+            losses = losses[:count]
+            self.step_seconds = (now - last) / count
+        return losses, now
 
 
 def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
-    """The :class:`ChunkedEpoch` of ``program.config.epoch_chunks`` calls, compiled."""
+    """The :class:`ChunkedEpoch` of ``program`` over these arrays, compiled."""
     n, batch_size = images.shape[0], program.config.batch_size
-    full = n // batch_size
-    length = chunk_length(full, program.config.epoch_chunks)
-    starts = tuple(range(0, full - full % length, length))
-    tail_start = len(starts) * length
+    unroll = program.config.compute.unroll
+    groups = (n // batch_size) // unroll
     t0 = time.perf_counter()
     perm, keys = jax.eval_shape(lambda: epoch_order(program, n, 0))
     order = program.jit(lambda epoch: epoch_order(program, n, epoch)).lower(0).compile()
     chunk = tail = None
-    if starts:
+    if groups:
 
-        def chunk_fn(state, images, labels, perm, keys, start):
-            return run_steps(program, state, images, labels, perm, keys, start, length)
+        def chunk_fn(state, images, labels, perm, keys, start, groups):
+            return run_groups(program, state, images, labels, perm, keys, start, groups)
 
         chunk = program.jit(chunk_fn, donate_argnums=0)
-        chunk = chunk.lower(state, images, labels, perm, keys, 0).compile()
-    if tail_start < full or n % batch_size:
+        chunk = chunk.lower(state, images, labels, perm, keys, 0, 1).compile()
+    tail_start = groups * unroll
+    if tail_start < n // batch_size or n % batch_size:
 
         def tail_fn(state, images, labels, perm, keys):
             return run_tail(program, state, images, labels, perm, keys, tail_start)
@@ -358,7 +415,9 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
         tail = program.jit(tail_fn, donate_argnums=0).lower(state, images, labels, perm, keys)
         tail = tail.compile()
     steps = -(-n // batch_size)
-    return ChunkedEpoch(order, chunk, tail, starts, steps, time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    seconds = program.config.progress_seconds
+    return ChunkedEpoch(order, chunk, tail, groups, unroll, steps, seconds, elapsed)
 
 
 def make_eval_fn(program: Program) -> Callable:

@@ -72,3 +72,29 @@ def test_compare_torch_reports_bf16_in_its_own_column(tmp_path):
     bad = run_script("compare_torch.py", *args[:2], "--models", "vgg", "--out", str(out))
     assert bad.returncode == 2 and "unknown model 'vgg'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_bad_torch_files_are_one_sentence_from_the_cli(tmp_path):
+    """Random bytes, integer tensors, NaN tensors: exit 2, one line, no traceback."""
+    make_idx_dir(tmp_path, n=50)
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(1).bytes(3000))
+    state_dict = create_torch("basic_cnn").state_dict()
+    torch.save({**state_dict, "fc.bias": torch.zeros(10, dtype=torch.int64)}, tmp_path / "int.pt")
+    nan = {k: v.clone() for k, v in state_dict.items()}
+    nan["conv1.weight"][0] = float("nan")
+    torch.save(nan, tmp_path / "nan.pt")
+    cases = [
+        ("train.py", "noise.pt", "is not a PyTorch checkpoint"),
+        ("train.py", "int.pt", "checkpoint tensors that are not floats: fc.bias (int64)"),
+        ("evaluate.py", "nan.pt", "checkpoint tensors holding NaN or inf: conv1.weight"),
+    ]
+    for script, name, message in cases:
+        flag = "--init-from" if script == "train.py" else "--checkpoint"
+        out = run_script(script, "--model", "basic_cnn", "--dataset", "mnist", "--data-dir",
+                         str(tmp_path), flag, str(tmp_path / name), "--workdir" if script ==
+                         "train.py" else "--json", *([str(tmp_path / "w")] if script ==
+                         "train.py" else []))  # fmt: skip
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "w").exists(), "a refused checkpoint leaves no workdir"

@@ -23,7 +23,16 @@ from pathlib import Path
 
 from jaxcnn.cli import add_variant_flags, enable_compilation_cache, run_main
 
-DEFAULT_MODELS = ["mnist_cnn", "basic_cnn", "inception", "resnet", "convnet"]
+DEFAULT_MODELS = [
+    "mnist_cnn",
+    "simple_cnn",
+    "lenet5",
+    "convnet",
+    "basic_cnn",
+    "inception",
+    "resnet",
+    "blitz_net",
+]
 ARMS = ["seed_loop", "torch_eager", "torch_graph", "torch_compile", "jaxcnn"]
 
 

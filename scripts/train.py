@@ -35,10 +35,10 @@ def main() -> None:
         "--permute-pixels", action="store_true", help="one fixed pixel shuffle (seed 001 sec. 4)"
     )
     parser.add_argument(
-        "--epoch-chunks",
-        type=int,
-        help="compiled calls per epoch, between which the bar moves and Ctrl-C lands "
-        "(default: 20 on a CPU, 1 elsewhere)",
+        "--progress-seconds",
+        type=float,
+        help="about this long per compiled call of an epoch: the bar moves and Ctrl-C "
+        "lands between calls (default 2; 0: one call per epoch)",
     )
     add_impl_flags(parser)
     parser.add_argument("--devices", help="data-parallel over 'all' or N local devices")
@@ -75,7 +75,7 @@ def main() -> None:
             seed=args.seed,
             data_dir=args.data_dir,
             train_limit=args.train_limit,
-            epoch_chunks=args.epoch_chunks,
+            progress_seconds=args.progress_seconds,
             permute_pixels=args.permute_pixels or None,
             devices=parallel.parse_devices(args.devices),
             **impl_overrides(args),

@@ -198,3 +198,33 @@ def test_graphed_arm_without_a_gpu_says_so():
     labels = np.zeros(8, np.int64)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         train_graphed("basic_cnn", images, labels, images, labels)
+
+
+def test_speed_lines_compare_jaxcnn_with_the_best_torch_arm():
+    def row(model, arm, seconds):
+        return bench.Row(model, 64, arm, epoch_seconds=[9.0, seconds, seconds])
+
+    rows = [
+        row("basic_cnn", "torch_eager", 1.2), row("basic_cnn", "torch_compile", 0.9),
+        row("basic_cnn", "jaxcnn", 0.6), row("basic_cnn", "seed_loop", 0.1),
+        row("resnet", "torch_eager", 1.0), row("resnet", "jaxcnn", 2.0),
+        row("lenet5", "jaxcnn", 1.0),  # no torch arm ran: no line
+    ]  # fmt: skip
+    assert bench.speed_lines(rows) == [
+        "- `basic_cnn` (batch 64): jaxcnn 0.600 s/epoch, best PyTorch arm torch_compile "
+        "0.900 s: speed ratio 1.50",
+        "- `resnet` (batch 64): jaxcnn 2.000 s/epoch, best PyTorch arm torch_eager "
+        "1.000 s: speed ratio 0.50",
+    ]
+
+
+def test_torch_compile_runs_on_a_cpu_with_a_compiler(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    import shutil
+
+    assert bench.skip_reason("torch_graph") == "skipped: CUDA graphs need a CUDA GPU"
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/c++")
+    assert bench.skip_reason("torch_compile") is None
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert bench.skip_reason("torch_compile").startswith("skipped: torch.compile on a CPU needs")

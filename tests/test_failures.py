@@ -56,6 +56,12 @@ def test_bad_numbers_are_one_sentence(idx_dir, tmp_path, more, message):
         assert "holds no run" in out.stderr and not (tmp_path / "w" / "config.json").exists()
 
 
+def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(idx_dir, tmp_path):
+    out = run_script("train.py", *base_args(idx_dir, tmp_path / "w", "--lr", "1e30"))
+    assert_one_line(out, "stopped, no checkpoint was written before it (try a smaller --lr)")
+    assert "of epoch 1;" in out.stderr
+
+
 def test_a_batch_too_big_for_memory_says_how_much_it_needs(tmp_path):
     """convnet at batch 60000 asks for ~100 GB: refused before the first step, with the
     numbers; this was a RESOURCE_EXHAUSTED traceback."""
@@ -162,7 +168,9 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_naming_the_first(idx_dir, t
 def test_ctrl_c_stops_within_seconds_and_says_what_was_kept(idx_dir, tmp_path):
     """An epoch of several compiled chunks: SIGINT lands between two of them."""
     workdir = tmp_path / "w"
-    run = start_run(idx_dir, workdir, "--epochs", "40", "--batch-size", "4", "--epoch-chunks", "8")
+    run = start_run(
+        idx_dir, workdir, "--epochs", "40", "--batch-size", "4", "--progress-seconds", "0.05"
+    )
     wait_for_line(run, "epoch 2/40")
     sent = time.monotonic()
     run.send_signal(signal.SIGINT)

@@ -2,8 +2,9 @@
 
 The moments are drawn over the training phase of a measured uninterrupted run (its
 compiled line to its last epoch's line), so they land inside epochs, during
-checkpoint and manifest writes, and between the metrics row and the checkpoint. Whatever was killed, the final parameters are
-bit-identical to the uninterrupted run's and ``metrics.jsonl`` has each epoch once.
+checkpoint and manifest writes, and between the metrics row and the checkpoint.
+Whatever was killed, the final parameters are bit-identical to the uninterrupted
+run's and ``metrics.jsonl`` has each epoch once.
 """
 
 import json
@@ -26,7 +27,7 @@ EPOCHS = 3
 
 def command(idx_dir, workdir, resume):
     args = ["--model", "basic_cnn", "--dataset", "mnist", "--data-dir", str(idx_dir),
-            "--epochs", str(EPOCHS), "--batch-size", "50", "--epoch-chunks", "4",
+            "--epochs", str(EPOCHS), "--batch-size", "50", "--progress-seconds", "0.05",
             "--seed", "7", "--workdir", str(workdir), "--no-progress"]  # fmt: skip
     return [sys.executable, str(ROOT / "scripts/train.py"), *args, *(["--resume"] * resume)]
 

@@ -47,7 +47,7 @@ def test_the_default_workdir_of_a_second_run_gets_a_fresh_name(tmp_path):
     (tmp_path / "idx").mkdir()
     make_idx_dir(tmp_path / "idx", n=32)
     args = ["--model", "mlp", "--dataset", "mnist", "--data-dir", str(tmp_path / "idx"),
-            "--epochs", "1", "--no-progress"]  # fmt: skip
+            "--epochs", "1", "--batch-size", "16", "--no-progress"]  # fmt: skip
     first = run_script("train.py", *args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     second = run_script("train.py", *args, cwd=tmp_path)

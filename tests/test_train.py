@@ -344,23 +344,30 @@ def test_no_data_anywhere_is_one_sentence_and_leaves_no_workdir(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize(("chunks", "limit"), [(4, None), (2, None), (20, 288), (1, 288)])
-def test_a_chunked_epoch_computes_what_one_program_does(idx_dir, chunks, limit):
-    """Bit for bit: the chunks (and the tail of leftover steps and the partial batch)
-    run the same steps with the same keys as the one-program epoch."""
-    config = small_config(idx_dir, epoch_chunks=chunks, train_limit=limit)
+@pytest.mark.parametrize(
+    ("seconds", "limit", "unroll"),
+    [(1e-9, None, 1), (0.05, None, 1), (0, None, 1), (1e-9, 288, 1), (0, 288, 2), (1e-9, None, 2)],
+)
+def test_a_chunked_epoch_computes_what_one_program_does(idx_dir, seconds, limit, unroll):
+    """Bit for bit, wherever the calls split the epoch (one step per call, timed calls,
+    one call; with and without a partial batch; unrolled): the calls and the tail run
+    the same steps with the same keys as the one-program epoch."""
+    config = small_config(idx_dir, progress_seconds=seconds, train_limit=limit, unroll=unroll)
     program, state = train.create_program(config)
     split, _ = experiment.load_data(config, program.input_shape)
     images, labels = jax.device_put(split.images), jax.device_put(split.labels)
     chunked = train.make_chunked_epoch(program, state, images, labels)
-    full = len(labels) // config.batch_size
-    assert len(chunked.starts) + (chunked.tail is not None) >= min(chunks, full)
     parts, done = [], []
     for call in chunked.calls(state, images, labels, 2):
         new_state, losses, steps = call
         parts.append(losses)
         done.append(steps)
     assert done[-1] == chunked.steps == -(-len(labels) // config.batch_size)
+    full = len(labels) // config.batch_size
+    if seconds == 0:
+        assert len(done) == 1 + (chunked.tail is not None)
+    elif seconds < 1e-6:  # one group a call
+        assert len(done) == full // unroll + (chunked.tail is not None)
     _, fresh = train.create_program(config)
     whole_state, whole_losses = train.make_epoch_fn(program)(fresh, images, labels, 2)
     np.testing.assert_array_equal(np.concatenate(parts), np.asarray(whole_losses))

@@ -10,7 +10,8 @@ steady-state figures. Arms:
 ``seed_loop``          the seeds' loop as written (torchvision dataset, DataLoader)
 ``torch_eager``        data resident on the device, eager step per batch
 ``torch_graph``        resident data, the whole step in one replayed CUDA graph
-``torch_compile``      as ``torch_graph``, with the model ``torch.compile``\\ d
+``torch_compile``      as ``torch_graph``, with the model ``torch.compile``\\ d (on a
+                       CPU: the compiled model, stepped eagerly; inductor's C++ code)
 ``jaxcnn``             ``train.py`` with its defaults
 ``jaxcnn:<variant>``   ``train.py`` with speed options (``--fuse``, ``--conv``, ...)
 =====================  ===========================================================
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import statistics
 import tempfile
 import traceback
@@ -131,8 +133,11 @@ def run_torch(arm: str, name: str, batch_size: int, epochs: int, arrays, raw_roo
         result = ref.train_seed_loop(name, raw_root(), device=device, **kw)
     elif arm == "torch_eager":
         result = ref.train_resident(name, *arrays, device=device, **kw)
-    else:
-        result = ref.train_graphed(name, *arrays, compile_model=arm == "torch_compile", **kw)
+    else:  # off a GPU, torch_compile is the compiled model stepped eagerly (no graph)
+        result = ref.train_graphed(
+            name, *arrays, compile_model=arm == "torch_compile", device=device,
+            capture=device == "cuda", **kw,
+        )  # fmt: skip
     return Row(
         name,
         batch_size,
@@ -156,8 +161,10 @@ def skip_reason(arm: str, options: dict | None = None) -> str | None:
         import torch
     except ImportError:
         return "skipped: torch is not installed"
-    if arm in ("torch_graph", "torch_compile") and not torch.cuda.is_available():
+    if arm == "torch_graph" and not torch.cuda.is_available():
         return "skipped: CUDA graphs need a CUDA GPU"
+    if arm == "torch_compile" and not torch.cuda.is_available() and not shutil.which("c++"):
+        return "skipped: torch.compile on a CPU needs a C++ compiler (c++)"
     if arm == "seed_loop":
         try:
             import torchvision  # noqa: F401
@@ -214,6 +221,7 @@ def markdown(rows: list[Row], env: dict, note: str = "") -> str:
             f"| {'-' if startup is None else f'{startup:.1f}'} "
             f"| {'-' if accuracy is None else f'{100 * accuracy:.2f}'} | {ratio} |"
         )
+    lines += ["", *speed_lines(rows)]
     if "H100" in str(env.get("device")):
         lines += ["", *target_lines(rows)]
     else:
@@ -222,6 +230,27 @@ def markdown(rows: list[Row], env: dict, note: str = "") -> str:
             f"The issue's speed targets are for an H100; not checked on {env.get('device')}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+FAST_TORCH_ARMS = ("torch_eager", "torch_graph", "torch_compile")
+
+
+def speed_lines(rows: list[Row]) -> list[str]:
+    """Per (model, batch): jaxcnn's defaults against the best PyTorch arm that ran, as a
+    speed ratio (best torch s/epoch over jaxcnn's: above 1, jaxcnn is faster)."""
+    out = []
+    for key in dict.fromkeys((r.model, r.batch_size) for r in rows):
+        same = [r for r in rows if (r.model, r.batch_size) == key and r.median]
+        mine = next((r for r in same if r.arm == REFERENCE), None)
+        torch_rows = [r for r in same if r.arm in FAST_TORCH_ARMS]
+        if mine is None or not torch_rows:
+            continue
+        best = min(torch_rows, key=lambda r: r.median)
+        out.append(
+            f"- `{key[0]}` (batch {key[1]}): jaxcnn {mine.median:.3f} s/epoch, best PyTorch "
+            f"arm {best.arm} {best.median:.3f} s: speed ratio {best.median / mine.median:.2f}"
+        )
+    return out
 
 
 def target_lines(rows: list[Row]) -> list[str]:
