@@ -91,8 +91,12 @@ class Checkpoints:
             target.parent.mkdir(exist_ok=True)
             os.replace(self.path(epoch), target)
             moved.append(target)
-        self.manager.reload()
+        self.reload()
         return moved
+
+    def reload(self) -> None:
+        """Read the folder again (after checkpoints were moved away, by any process)."""
+        self.manager.reload()
 
     def restore(self, template, epoch: int | None = None):
         """The state saved after ``epoch`` (default: the newest), shaped like ``template``.

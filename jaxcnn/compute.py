@@ -60,7 +60,12 @@ class Compute:
         choices=POOLS,
         auto={"cpu": "reshape"},
     )
-    fuse: bool = _option(False, "algebraically identical fused forms (InceptionA's 1x1 convs)")
+    fuse: bool = _option(
+        False,
+        "algebraically identical fused forms, InceptionA's 1x1 convs "
+        "(default: on for a CPU, where it measured 3-10%% faster; --no-fuse: off)",
+        auto={"cpu": True},
+    )
     dtype: str = _option("float32", "compute dtype; parameters stay float32", choices=DTYPES)
     unroll: int = _option(1, "training steps per iteration of the epoch's scan loop")
     dx_form: str = _option(
@@ -254,7 +259,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(field.default, bool):
-            parser.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            action = argparse.BooleanOptionalAction if meta["auto"] else "store_true"
+            parser.add_argument(flag, action=action, default=None, help=meta["help"])
         elif meta["auto"]:
             parser.add_argument(flag, choices=["auto", *meta["choices"]], help=meta["help"])
         else:

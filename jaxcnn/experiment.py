@@ -22,7 +22,6 @@ from jaxcnn import data, memory, parallel, report, trace, train
 from jaxcnn import workdir as workdirs
 from jaxcnn.checkpoint import Checkpoints
 from jaxcnn.errors import UserError
-from jaxcnn.workdir import default_workdir, holds_run  # noqa: F401  (the scripts' names)
 
 
 class NonFiniteLossError(UserError):
@@ -118,14 +117,15 @@ def start(config, workdir: Path, lock, resume: bool, init_model, profile_dir, hl
     if lock.note:
         report.log(lock.note)
     run = Run(config, workdir, program, state, train_split, test_split, (), ckpts, primary=primary)
-    with parallel.all_or_none():  # every process has verified before process 0 moves
+    # Every process has verified (the block above ends in a barrier); process 0 moves
+    # the damaged checkpoints aside, and this block's barrier holds the others until then.
+    with parallel.all_or_none():
         if damaged and primary:
-            for where, (bad, problem) in zip(
-                ckpts.set_aside(damaged), damaged.items(), strict=True
-            ):
+            moved = ckpts.set_aside(damaged)
+            for where, (bad, problem) in zip(moved, damaged.items(), strict=True):
                 report.log(f"warning: the checkpoint of epoch {bad} is damaged ({problem}); "
                            f"moved to '{where}'")  # fmt: skip
-    ckpts.manager.reload()
+    ckpts.reload()
     if epoch is not None:
         run.start_epoch = epoch
         run.state = ckpts.restore(state, epoch)

@@ -56,7 +56,9 @@ class Config:
     eval_batch_size: int = 1000
     # About this long per compiled call of an epoch, between which the progress bar
     # moves and Ctrl-C lands; 0: one call per epoch (jaxcnn.train.ChunkedEpoch).
-    progress_seconds: float = 2.0
+    # None: 2 s on a CPU, where an epoch can take minutes; 0 elsewhere, where one
+    # program per epoch with a static trip count stays what was measured.
+    progress_seconds: float | None = None
 
     def to_json(self) -> dict:
         """What ``config.json`` and ``summary.json`` record."""
@@ -89,6 +91,7 @@ def get_config(model: str, dataset: str, *, backend: str | None = None, **overri
     values.update({k: v for k, v in overrides.items() if v is not None})
     backend = backend or jax.default_backend()
     values["compute"] = compute.resolve(requested, backend=backend)
+    values.setdefault("progress_seconds", 2.0 if backend == "cpu" else 0.0)
     config = Config(**values)
     if config.dataset not in data.DATASETS:
         raise UserError(
@@ -401,8 +404,10 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
     chunk = tail = None
     if groups:
 
-        def chunk_fn(state, images, labels, perm, keys, start, groups):
-            return run_groups(program, state, images, labels, perm, keys, start, groups)
+        def chunk_fn(state, images, labels, perm, keys, start, count):
+            if program.config.progress_seconds <= 0:  # one call: a static trip count
+                count = groups
+            return run_groups(program, state, images, labels, perm, keys, start, count)
 
         chunk = program.jit(chunk_fn, donate_argnums=0)
         chunk = chunk.lower(state, images, labels, perm, keys, 0, 1).compile()

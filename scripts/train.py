@@ -38,7 +38,7 @@ def main() -> None:
         "--progress-seconds",
         type=float,
         help="about this long per compiled call of an epoch: the bar moves and Ctrl-C "
-        "lands between calls (default 2; 0: one call per epoch)",
+        "lands between calls (default: 2 on a CPU, 0 elsewhere; 0: one call per epoch)",
     )
     add_impl_flags(parser)
     parser.add_argument("--devices", help="data-parallel over 'all' or N local devices")
@@ -57,6 +57,7 @@ def main() -> None:
 
     enable_compilation_cache()
     from jaxcnn import experiment, parallel, train
+    from jaxcnn import workdir as workdirs
 
     if args.distributed:
         parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -87,7 +88,7 @@ def main() -> None:
             init_model = load_torch_checkpoint(args.init_from, args.model)
     workdir = args.workdir
     if workdir is None:
-        workdir, note = experiment.default_workdir(args.model, args.dataset, args.resume)
+        workdir, note = workdirs.default_workdir(args.model, args.dataset, args.resume)
         if note and parallel.is_primary():
             print(note, flush=True)
     summary = experiment.train_and_evaluate(

@@ -109,8 +109,9 @@ def test_variants_that_repeat_the_defaults_are_skipped(backend):
     def redundant(name, options, before=()):
         return bench.is_redundant(name, options, list(before), backend=backend)
 
-    assert not redundant("inception", {"fuse": True})
-    assert redundant("mnist_cnn", {"fuse": True})  # nothing to fuse
+    assert redundant("inception", {"fuse": True}) == (backend == "cpu")  # on by default there
+    assert redundant("inception", {"fuse": False}) == (backend != "cpu")
+    assert redundant("mnist_cnn", {"fuse": backend != "cpu"})  # nothing to fuse
     assert not redundant("mnist_cnn", {"dtype": "bfloat16"})
     assert not redundant("mnist_cnn", {"unroll": 4})
     auto, other = ("im2col", "xla") if backend == "cpu" else ("xla", "im2col")
@@ -121,7 +122,7 @@ def test_variants_that_repeat_the_defaults_are_skipped(backend):
     cpu_option = {"xla_options": (("xla_cpu_enable_fast_math", True),)}
     assert redundant("resnet", cpu_option) == (backend == "gpu")
     # a variant that repeats an earlier one is skipped too
-    assert redundant("inception", {"fuse": True, "conv": auto}, [{"fuse": True}])
+    assert redundant("inception", {"dtype": "bfloat16", "conv": auto}, [{"dtype": "bfloat16"}])
 
 
 def row(arm, median, batch=100, model="mnist_cnn", **options):

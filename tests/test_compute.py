@@ -13,8 +13,9 @@ from jaxcnn.errors import first_line
 
 def test_auto_is_resolved_per_backend_and_explicit_choices_stay():
     cpu, gpu = compute.resolve({}, backend="cpu"), compute.resolve({}, backend="gpu")
-    assert (cpu.conv, cpu.pool) == ("im2col", "reshape")
-    assert (gpu.conv, gpu.pool) == ("xla", "xla")
+    assert (cpu.conv, cpu.pool, cpu.fuse) == ("im2col", "reshape", True)
+    assert (gpu.conv, gpu.pool, gpu.fuse) == ("xla", "xla", False)
+    assert compute.resolve({"fuse": False}, backend="cpu").fuse is False
     assert compute.resolve({"conv": "xla", "pool": None}, backend="cpu").pool == "reshape"
     asked = {"conv": "gemm_wgrad", "fuse": True, "unroll": 3, "dtype": "bfloat16"}
     got = compute.resolve(asked, backend="cpu")
@@ -53,6 +54,8 @@ def test_the_cli_flags_are_the_fields():
         "reshape",
     )
     assert compute.from_flags(parser.parse_args([]))["fuse"] is None  # unset: the default
+    no_fuse = compute.from_flags(parser.parse_args(["--no-fuse"]))
+    assert compute.resolve(no_fuse, backend="cpu").fuse is False
 
 
 def test_model_variants_are_the_exact_rewrites():
