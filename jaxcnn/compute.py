@@ -67,7 +67,7 @@ class Compute:
         auto={"cpu": True},
     )
     dtype: str = _option("float32", "compute dtype; parameters stay float32", choices=DTYPES)
-    unroll: int = _option(1, "training steps per iteration of the epoch's scan loop")
+    unroll: int = _option(1, "copies of the training step per iteration of the epoch's loop")
     dx_form: str = _option(
         "auto", "im2col's input-gradient form (auto: by the elements written)", choices=DX_FORMS
     )

@@ -151,16 +151,16 @@ def wait_for_line(proc, text, timeout=240):
 
 def test_a_second_run_on_a_workdir_in_use_is_refused_naming_the_first(idx_dir, tmp_path):
     workdir = tmp_path / "w"
-    first = start_run(idx_dir, workdir, "--epochs", "30", "--batch-size", "8")
+    first = start_run(idx_dir, workdir, "--epochs", "1000", "--batch-size", "8")  # outlasts both
     try:
-        wait_for_line(first, "epoch 1/30")
+        wait_for_line(first, "epoch 1/1000")
         for more in ([], ["--resume"]):
             second = run_script("train.py", *base_args(idx_dir, workdir, *more), timeout=120)
             assert_one_line(second, f"workdir '{workdir}' is in use by another run (host ")
             assert f"pid {first.pid}," in second.stderr
     finally:
         first.send_signal(signal.SIGINT)
-        first.wait(timeout=60)
+        assert first.wait(timeout=60) == 130, "the first run was still running"
     rows = [json.loads(r) for r in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)), "the first run's rows"
 
