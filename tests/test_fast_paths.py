@@ -143,6 +143,23 @@ def test_conv_layer_matches_xla(kernel, stride, padding, impl, form):
         np.testing.assert_allclose(got, want, rtol=0, atol=max(1e-4, 2e-6 * np.abs(want).max()))
 
 
+@pytest.mark.parametrize(
+    ("kh", "kw", "stride"), [(5, 5, 1), (3, 3, 1), (1, 1, 1), (3, 3, 2), (2, 5, 1), (9, 9, 1)]
+)
+def test_stacked_patches_equal_the_flat_concatenate(kh, kw, stride):
+    """The two-stack patch matrix is the same data as the flat concatenate, bit for bit,
+    and really is the stacked form where it applies (stride 1, kernels up to 8)."""
+    x = jax.random.normal(jax.random.key(0), (2, 13, 12, 3))
+    np.testing.assert_array_equal(
+        jax.jit(im2col.patches, static_argnums=(1, 2, 3))(x, kh, kw, stride),
+        im2col.patches_concat(x, kh, kw, stride),
+    )
+    jaxpr = str(jax.make_jaxpr(im2col.patches, static_argnums=(1, 2, 3))(x, kh, kw, stride))
+    stacked = stride == 1 and kh * kw > 1 and max(kh, kw) <= im2col.MAX_STACK
+    assert jaxpr.count(" stack[") == (2 if stacked else 0)
+    assert jaxpr.count(" concatenate[") == (0 if stacked else int(kh * kw > 1))
+
+
 def test_gemm_wgrad_traces_no_weight_gradient_convolution():
     """gemm_wgrad keeps XLA's forward and data-gradient convolutions, not the third."""
     x = jnp.zeros((2, 28, 28, 1))

@@ -36,6 +36,37 @@ def patches(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
 
     That feature order is the order of ``kernel.reshape(kh * kw * C, O)`` for
     an HWIO kernel, so a patch matrix times the reshaped kernel is the conv.
+
+    Built in two stacks of at most 8 views each, on an axis that is not the
+    minor one: first the kw column shifts of every row, then the kh row shifts
+    of that. XLA:CPU fuses a concatenate of at most 8 operands that does not
+    run along the minor dimension, so that is two loop fusions. The flat
+    concatenate of kh*kw views on the channels (:func:`patches_concat`) is one
+    it never fuses: every view is copied out first, then concatenated, which
+    cost up to twice the writes and one kernel per tap. Measured on the 2-core
+    EPYC (training steps, paired in one process): inception 1.14x, blitz_net
+    1.11x, lenet5 1.09x, mnist_cnn 1.07x faster, the others within 4%.
+    """
+    if stride != 1 or kh * kw == 1 or max(kh, kw) > MAX_STACK:
+        return patches_concat(x, kh, kw, stride)
+    n, hp, wp, c = x.shape
+    h, w = hp - kh + 1, wp - kw + 1
+    rows = jnp.stack([x[:, :, j : j + w] for j in range(kw)], axis=3)  # [N,Hp,W',kw,C]
+    views = jnp.stack([rows[:, i : i + h] for i in range(kh)], axis=3)  # [N,H',W',kh,kw,C]
+    return views.reshape(n, h, w, kh * kw * c)
+
+
+MAX_STACK = 8  # XLA:CPU's kMaxConcatenateArguments: no fusion of a wider concatenate
+
+
+def patches_concat(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
+    """:func:`patches` as one concatenate of the kh*kw shifted views, on the channels.
+
+    Kept for col2im (:func:`_dx_col2im` transposes it): the transpose of this
+    form is a sum of kh*kw padded copies, which XLA:CPU fuses into the next
+    elementwise op; the transpose of the stacked form made mnist_cnn's and
+    convnet's steps 12-14% slower (basic_cnn's 19% faster) in the same
+    measurement as :func:`patches`.
     """
     h = (x.shape[1] - kh) // stride + 1
     w = (x.shape[2] - kw) // stride + 1
@@ -162,7 +193,7 @@ def _dx_col2im(dy, kernel, stride, padding, x_shape):
     dcols = dy @ kernel.reshape(kh * kw * cin, cout).T
 
     def pad_and_patch(x):
-        return patches(pad_hw(x, padding), kh, kw, stride)
+        return patches_concat(pad_hw(x, padding), kh, kw, stride)
 
     (dx,) = jax.linear_transpose(pad_and_patch, jax.ShapeDtypeStruct(x_shape, dy.dtype))(dcols)
     return dx
