@@ -56,7 +56,7 @@ class Compute:
     )
     pool: str = _option(
         "xla",
-        "max-pool algorithm (auto: reshape on a CPU, xla elsewhere)",
+        "pooling algorithm, max and stride-1 average (auto: reshape on a CPU, xla elsewhere)",
         choices=POOLS,
         auto={"cpu": "reshape"},
     )

@@ -266,3 +266,23 @@ def test_reshape_pool_traces_no_select_and_scatter(name):
     assert count_primitive(models.create(name), x, "select_and_scatter") > 0
     reshape = models.create(name, compute=compute.Compute(pool="reshape"))
     assert count_primitive(reshape, x, "select_and_scatter") == 0
+
+
+@pytest.mark.parametrize(("kernel", "padding"), [(3, 1), (3, 0), (2, 0), (5, 2)])
+def test_shifted_avg_pool_matches_xla(kernel, padding):
+    """The shifted-sum average pool (zeros counted) and its gradient against
+    ``reduce_window``'s, to float32 rounding, and it really traces no reduce_window."""
+    x = jax.random.normal(jax.random.key(0), (2, 12, 11, 5))
+    dy = jax.random.normal(
+        jax.random.key(1), (2, 12 + 2 * padding - kernel + 1, 11 + 2 * padding - kernel + 1, 5)
+    )
+    runs = {}
+    for pool in compute.POOLS:
+        how = compute.Compute(pool=pool)
+        f = lambda x, how=how: layers.avg_pool2d(x, kernel, 1, padding, how)  # noqa: E731
+        out, vjp = jax.vjp(f, x)
+        runs[pool] = (out, vjp(dy)[0], str(jax.make_jaxpr(jax.grad(lambda x, f=f: f(x).sum()))(x)))
+    (want, want_dx, plain), (got, got_dx, shifted) = runs["xla"], runs["reshape"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got_dx, want_dx, rtol=0, atol=1e-6)
+    assert "reduce_window" in plain and "reduce_window" not in shifted

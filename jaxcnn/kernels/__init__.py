@@ -10,10 +10,10 @@ from __future__ import annotations
 import jax
 from flax import linen
 
-from jaxcnn.compute import Compute
+from jaxcnn.compute import POOLS, Compute
 from jaxcnn.kernels.im2col import conv2d_gemm_wgrad, conv2d_im2col
 from jaxcnn.kernels.pallas_wgrad import conv2d_pallas_wgrad
-from jaxcnn.kernels.pool import max_pool_reshape
+from jaxcnn.kernels.pool import avg_pool_shifted, max_pool_reshape
 
 
 def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.Array:
@@ -45,4 +45,19 @@ def max_pool2d(x: jax.Array, kernel_size: int, compute: Compute) -> jax.Array:
     raise ValueError(f"no pool kernel {compute.pool!r}")
 
 
-__all__ = ["conv2d", "max_pool2d"]
+def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int, compute: Compute):
+    """``F.avg_pool2d`` (``count_include_pad=True``) as ``compute.pool`` says. [N,H,W,C].
+
+    ``"xla"``: XLA's ``reduce_window`` (flax's ``avg_pool``); ``"reshape"``, at
+    stride 1: :func:`avg_pool_shifted`, sums of shifted slices.
+    """
+    if compute.pool == "reshape" and stride == 1:
+        return avg_pool_shifted(x, kernel_size, padding)
+    if compute.pool not in POOLS:
+        raise ValueError(f"no pool kernel {compute.pool!r}")
+    pad = ((padding, padding), (padding, padding))
+    window, strides = (kernel_size, kernel_size), (stride, stride)
+    return linen.avg_pool(x, window, strides=strides, padding=pad, count_include_pad=True)
+
+
+__all__ = ["avg_pool2d", "conv2d", "max_pool2d"]

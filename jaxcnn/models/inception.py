@@ -39,7 +39,8 @@ class InceptionA(nnx.Module):
             branch1x1 = self.branch1x1(x)
             branch5x5 = self.branch5x5_1(x)
             branch3x3 = self.branch3x3_1(x)
-            branch_pool = self.branch_pool(avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+            pooled = avg_pool2d(x, 3, stride=1, padding=1, compute=self.compute)
+            branch_pool = self.branch_pool(pooled)
         branch5x5 = self.branch5x5_2(branch5x5)
         branch3x3 = self.branch3x3_3(self.branch3x3_2(branch3x3))
         return jnp.concatenate([branch1x1, branch5x5, branch3x3, branch_pool], axis=-1)
@@ -64,7 +65,7 @@ class InceptionA(nnx.Module):
             width = conv.out_features
             outs.append(y[..., start : start + width])
             start += width
-        pooled = avg_pool2d(outs[3], kernel_size=3, stride=1, padding=1)
+        pooled = avg_pool2d(outs[3], 3, stride=1, padding=1, compute=self.compute)
         outs[3] = pooled
         return tuple(out + conv.bias[...] for out, conv in zip(outs, convs, strict=True))
 

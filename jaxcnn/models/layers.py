@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import linen, nnx
+from flax import nnx
 
 from jaxcnn import kernels
 from jaxcnn.compute import PLAIN, Compute
@@ -115,17 +115,17 @@ class MaxPool2d(nnx.Module):
         return kernels.max_pool2d(x, self.kernel_size, self.compute)
 
 
-def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int) -> jax.Array:
+def avg_pool2d(
+    x: jax.Array, kernel_size: int, stride: int, padding: int, compute: Compute = PLAIN
+) -> jax.Array:
     """``F.avg_pool2d`` with PyTorch's default ``count_include_pad=True``. [N,H,W,C].
 
     With padding, the border windows divide by the full window size (the zeros
     count); dividing by the number of real pixels instead would change every
-    border value of the Inception pool branch.
+    border value of the Inception pool branch. ``compute.pool`` picks the
+    kernel (:func:`jaxcnn.kernels.avg_pool2d`).
     """
-    pad = ((padding, padding), (padding, padding))
-    return linen.avg_pool(
-        x, (kernel_size, kernel_size), strides=(stride, stride), padding=pad, count_include_pad=True
-    )
+    return kernels.avg_pool2d(x, kernel_size, stride, padding, compute)
 
 
 def flatten_chw(x: jax.Array) -> jax.Array:
