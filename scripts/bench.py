@@ -32,6 +32,7 @@ DEFAULT_MODELS = [
     "inception",
     "resnet",
     "blitz_net",
+    "cifar_cnn",  # on synthetic 32x32x3 data (jaxcnn/lab/bench.py, synthetic_cifar)
 ]
 ARMS = ["seed_loop", "torch_eager", "torch_graph", "torch_compile", "jaxcnn"]
 

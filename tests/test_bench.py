@@ -229,3 +229,22 @@ def test_torch_compile_runs_on_a_cpu_with_a_compiler(monkeypatch):
     assert bench.skip_reason("torch_compile") is None
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert bench.skip_reason("torch_compile").startswith("skipped: torch.compile on a CPU needs")
+
+
+def test_32x32x3_models_get_synthetic_cifar_and_no_seed_loop(tmp_path):
+    fashion = tmp_path / "fashion"
+    fashion.mkdir()
+    make_idx_dir(fashion, n=30)
+    sources = bench.make_sources(["cifar_cnn", "mnist_cnn"], str(fashion), 50, 0, tmp_path / "s")
+    cifar, mnist = sources["cifar_cnn"], sources["mnist_cnn"]
+    assert (cifar.dataset, cifar.synthetic, mnist.dataset, mnist.synthetic) == (
+        "cifar10",
+        True,
+        "fashion_mnist",
+        False,
+    )
+    train_images, train_labels, test_images, _ = cifar.torch_data
+    assert train_images.shape == (50, 32, 32, 3) and test_images.shape == (1000, 32, 32, 3)
+    assert train_labels.min() >= 0 and train_labels.max() <= 9
+    assert mnist.torch_data[0].shape == (30, 28, 28, 1)  # the files given, not synthetic
+    assert "real CIFAR-10" in bench.skip_reason("seed_loop", synthetic=True)

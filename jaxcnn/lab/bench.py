@@ -100,13 +100,13 @@ def is_redundant(name: str, options: dict, before: list[dict] = (), *, backend: 
     return any(mine == effective(name, other, backend) for other in [{}, *before])
 
 
-def run_jaxcnn(name: str, batch_size: int, epochs: int, data_dir: str, options: dict, **kw) -> Row:
+def run_jaxcnn(name: str, batch_size: int, epochs: int, source: Source, options: dict, **kw) -> Row:
     """``train.py``'s trainer (``experiment.train_and_evaluate``) with ``options``."""
     from jaxcnn import experiment, train
 
     config = train.get_config(
-        name, "fashion_mnist", batch_size=batch_size, epochs=epochs, data_dir=data_dir, **kw,
-        **options,
+        name, source.dataset, batch_size=batch_size, epochs=epochs, data_dir=source.data_dir,
+        **kw, **options,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as workdir:
         summary = experiment.train_and_evaluate(config, workdir, progress=False)
@@ -148,8 +148,11 @@ def run_torch(arm: str, name: str, batch_size: int, epochs: int, arrays, raw_roo
     )
 
 
-def skip_reason(arm: str, options: dict | None = None) -> str | None:
-    """Why ``arm`` (with a jaxcnn variant's ``options``) cannot run on this machine, or None."""
+def skip_reason(arm: str, options: dict | None = None, synthetic: bool = False) -> str | None:
+    """Why ``arm`` (with a jaxcnn variant's ``options``) cannot run on this machine, or
+    None. ``synthetic``: the model trains on :func:`synthetic_cifar` data."""
+    if arm == "seed_loop" and synthetic:
+        return "skipped: the seeds' loop reads the real CIFAR-10 (torchvision)"
     if arm not in TORCH_ARMS:
         import jax
 
@@ -327,6 +330,48 @@ def arrays(tr, te, train_limit: int | None):
     return (tr.images[:train_limit], np.asarray(tr.labels[:train_limit]), te.images, te.labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where a model's rows get their data: the trainer's ``--dataset``/``--data-dir``
+    and the arrays the torch arms get (:func:`arrays`)."""
+
+    dataset: str
+    data_dir: str
+    torch_data: tuple
+    synthetic: bool = False
+
+
+SYNTHETIC_TRAIN = 4096  # images per synthetic CIFAR-10 train split (without --train-limit)
+SYNTHETIC_TEST = 1000
+
+
+def synthetic_cifar(directory: Path, n_train: int, seed: int = 0) -> Path:
+    """Random 32x32x3 images and labels as CIFAR-10 python batches in ``directory``.
+
+    CIFAR-10 cannot be downloaded on the machines this is built on, and the
+    models that take 32x32x3 input (``cifar_cnn``) are benchmarked for speed
+    only: every arm trains on the same random arrays, whose accuracy means
+    nothing. The five train batches share ``n_train`` images; the test batch
+    holds :data:`SYNTHETIC_TEST`.
+    """
+    import pickle
+
+    from jaxcnn import data
+
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = [len(part) for part in np.array_split(np.arange(n_train), 5)]
+    for name, n in zip(
+        data.CIFAR_FILES["train"] + data.CIFAR_FILES["test"], [*sizes, SYNTHETIC_TEST], strict=True
+    ):
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, n).tolist(),
+        }
+        (directory / name).write_bytes(pickle.dumps(batch))
+    return directory
+
+
 def run(
     model_names: list[str],
     batch_sizes: list[str],
@@ -346,7 +391,7 @@ def run(
 
     ``batch_sizes``: ``"seed"`` (each recipe's) or positive integers, as strings.
     """
-    from jaxcnn import data, report, train
+    from jaxcnn import report, train
     from jaxcnn.errors import UserError
 
     for name in model_names:  # names, --epochs and --train-limit, as the trainer checks them
@@ -360,15 +405,32 @@ def run(
     if json_path.exists() and not keep:
         raise UserError(f"'{json_path}' exists; pass --keep to continue it or choose another --out")
     report.ensure_dir(out.parent, "--out folder")
-    tr = data.load("fashion_mnist", "train", data_dir)
-    te = data.load("fashion_mnist", "test", data_dir)
-    torch_data = arrays(tr, te, train_limit)
+    with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-") as scratch:
+        sources = make_sources(model_names, data_dir, train_limit, seed, Path(scratch))
+        return run_rows(
+            model_names, batch_sizes, epochs, arms, variants, sources, out,
+            train_limit=train_limit, seed=seed, data_dir=data_dir,
+        )  # fmt: skip
+
+
+def run_rows(model_names, batch_sizes, epochs, arms, variants, sources, out, **kw) -> str:
+    """:func:`run`'s rows, once the options are checked and the data is loaded."""
+    from jaxcnn import report
+
+    train_limit, seed, data_dir = kw["train_limit"], kw["seed"], kw["data_dir"]
+    json_path = out.with_suffix(".json")
     env = environment()
     results = finished_rows(json_path)  # --keep: finished rows stay
     done = set(results)
     note = f"{epochs} epochs per arm (first = warm-up)"
     if train_limit:
         note += f", first {train_limit} training images only"
+    synthetic = [name for name, source in sources.items() if source.synthetic]
+    if synthetic:
+        note += (
+            f"; {', '.join(synthetic)} on synthetic 32x32x3 data "
+            f"({len(sources[synthetic[0]].torch_data[0])} random images: accuracy means nothing)"
+        )
 
     @cache
     def raw_root() -> str:
@@ -388,17 +450,40 @@ def run(
     for name, batch, arm, options in jobs:
         if (name, batch, arm) in done:
             continue
-        reason = skip_reason(arm, options)
+        reason = skip_reason(arm, options, sources[name].synthetic)
         if reason:
             row = Row(name, batch, arm, status=reason)
         else:
             report.log(f"bench: {name}, batch {batch}, {arm}")
-            row = run_arm(name, batch, arm, options, epochs, data_dir, torch_data, raw_root,
+            row = run_arm(name, batch, arm, options, epochs, sources[name], raw_root,
                           seed=seed, train_limit=train_limit)  # fmt: skip
         results[(name, batch, arm)] = row
         save()
     plot(save(), out.with_suffix(".png"))
     return out.with_suffix(".md").read_text()
+
+
+def make_sources(
+    model_names: list[str], data_dir: str, train_limit: int | None, seed: int, scratch: Path
+) -> dict[str, Source]:
+    """Each model's :class:`Source`: Fashion-MNIST from ``data_dir`` for the 28x28x1
+    models, one shared :func:`synthetic_cifar` folder under ``scratch`` for 32x32x3."""
+    from jaxcnn import data
+
+    loaded: dict[str, Source] = {}
+    out = {}
+    for name in model_names:
+        kind = "cifar10" if models.get_spec(name).input_shape[2] == 3 else "fashion_mnist"
+        if kind not in loaded:
+            where = data_dir
+            if kind == "cifar10":
+                n_train = train_limit or SYNTHETIC_TRAIN
+                where = str(synthetic_cifar(scratch / "cifar10", n_train, seed))
+            tr, te = data.load(kind, "train", where), data.load(kind, "test", where)
+            torch_data = arrays(tr, te, train_limit)
+            loaded[kind] = Source(kind, where, torch_data, synthetic=kind == "cifar10")
+        out[name] = loaded[kind]
+    return out
 
 
 def environment() -> dict:
@@ -452,16 +537,16 @@ def plan(model_names, batch_sizes, arms, variants: dict) -> list[tuple]:
     return jobs
 
 
-def run_arm(name, batch, arm, options, epochs, data_dir, torch_data, raw_root, **kw) -> Row:
+def run_arm(name, batch, arm, options, epochs, source: Source, raw_root, **kw) -> Row:
     """One row; an arm that fails becomes a row saying so, not a lost run."""
     from jaxcnn.errors import UserError
 
     try:
         if arm.startswith("jaxcnn"):
-            row = run_jaxcnn(name, batch, epochs, data_dir, options, **kw)
+            row = run_jaxcnn(name, batch, epochs, source, options, **kw)
             row.arm = arm
             return row
-        return run_torch(arm, name, batch, epochs, torch_data, raw_root, kw["seed"])
+        return run_torch(arm, name, batch, epochs, source.torch_data, raw_root, kw["seed"])
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as err:  # one arm failing must not lose the others' numbers
