@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcnn import kernels
 from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.layers import Conv2d, Linear, avg_pool2d, flatten_chw
@@ -56,10 +57,20 @@ class InceptionA(nnx.Module):
         would shrink it at the border. One small matmul replaces four
         convolutions (and their gradient kernels) for the same math up to
         float rounding.
+
+        Under ``conv="im2col"`` the matmul is im2col's 1x1 convolution, whose
+        weight gradient is a batched GEMM over two halves of the rows
+        (:func:`~jaxcnn.kernels.im2col._weight_grad_halves`): autodiff of the
+        plain matmul made XLA:CPU copy the output gradient out transposed,
+        with the col2im sums of the 5x5 and 3x3 branches fused into that
+        copy. Inception's step was 5% faster on the 2-core EPYC (paired).
         """
         convs = (self.branch1x1, self.branch5x5_1, self.branch3x3_1, self.branch_pool)
-        kernel = jnp.concatenate([conv.kernel[...][0, 0] for conv in convs], axis=-1)
-        y = jnp.einsum("nhwc,co->nhwo", x, kernel)
+        kernel = jnp.concatenate([conv.kernel[...] for conv in convs], axis=-1)  # [1,1,C,72]
+        if self.compute.conv == "im2col":
+            y = kernels.conv2d(x, kernel, None, 1, 0, self.compute)
+        else:
+            y = jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
         outs, start = [], 0
         for conv in convs:
             width = conv.out_features
