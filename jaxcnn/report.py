@@ -113,15 +113,33 @@ def pyplot():
     return plt
 
 
+def figure(width: float, height: float):
+    """A matplotlib ``Figure`` drawn by the Agg canvas (files only), or None if
+    matplotlib is missing.
+
+    Built without pyplot, and laid out with fixed margins rather than
+    ``tight_layout``: at the end of every run both took about 0.5 s of a
+    short run's ~9 s (2-core EPYC), and neither adds anything to a PNG.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def plot_curves(path: Path, rows: list[dict], title: str) -> bool:
     """Train loss and test accuracy per epoch; False if matplotlib is missing."""
-    plt = pyplot()
-    if plt is None:
+    fig = figure(9, 3.5)
+    if fig is None:
         return False
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["train_loss"] for r in rows], "o-")
     ax1.set(xlabel="epoch", ylabel="train loss", title="loss")
     ax2.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="C1")
@@ -131,9 +149,8 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> bool:
         ax.set_xlim(min(epochs, default=1) - 0.5, max(epochs, default=1) + 0.5)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.8, wspace=0.3)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 
@@ -142,22 +159,22 @@ def plot_predictions(
 ) -> bool:
     """A grid of test images titled with their predicted class (and the true one where
     it is wrong, in red), as seed 001 shows; ``class_names[label]`` names a class."""
-    plt = pyplot()
-    if plt is None:
+    n, cols = len(images), 5
+    rows = -(-n // cols)
+    fig = figure(2 * cols, 2.7 * rows)
+    if fig is None:
         return False
-    n = len(images)
-    cols = 5
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2 * cols, 2.7 * -(-n // cols)))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    name = (lambda c: class_names[c]) if class_names else str
     for ax, img, y, p in zip(np.ravel(axes), images, labels, predictions, strict=False):
         ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
-        name = (lambda c: class_names[c]) if class_names else str
         text = name(int(p)) if p == y else f"{name(int(p))}\n(true: {name(int(y))})"
         ax.set_title(text, color="black" if p == y else "red", fontsize=9)
+    for ax in np.ravel(axes):
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (2.7 * rows), hspace=0.4)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 

@@ -249,8 +249,14 @@ TORCH_MODELS: dict[str, type[nn.Module] | object] = {
 
 
 def create_torch(name: str) -> nn.Module:
-    """The PyTorch reference for registry name ``name`` (torch-default init)."""
-    from jaxcnn.models import get_spec
+    """The PyTorch reference for registry name ``name`` (torch-default init).
 
-    get_spec(name)  # the same "unknown model" error as jaxcnn
+    A name it does not know is checked against jaxcnn's registry, for the same
+    "unknown model" error; a known one never imports jax (``parity.torch_script``).
+    """
+    if name not in TORCH_MODELS:
+        from jaxcnn.models import get_spec
+
+        get_spec(name)  # raises jaxcnn's "unknown model" error
+        raise KeyError(f"no PyTorch reference for model '{name}'")
     return TORCH_MODELS[name]()

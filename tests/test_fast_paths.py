@@ -100,6 +100,25 @@ def test_im2col_traces_no_convolution(name):
 CONV_CASES = [(5, 1, 0), (3, 1, 1), (1, 1, 0), (3, 2, 1), (2, 2, 0), (1, 1, 1), (5, 1, 2)]
 
 
+@pytest.mark.parametrize("cout", [7, 24])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), CONV_CASES)
+def test_conv_without_gradient_matches_xla(kernel, stride, padding, cout):
+    """im2col's primal (evaluation: no gradient taken), channel-major for few output
+    channels at stride 1, row-major otherwise, against XLA's convolution."""
+    x = jax.random.normal(jax.random.key(1), (2, 13, 11, 3))
+    k = jax.random.normal(jax.random.key(2), (kernel, kernel, 3, cout))
+
+    def conv(x):
+        return im2col.conv2d_im2col(x, k, None, stride, padding)
+
+    want = im2col.plain_conv(x, k, stride, padding)
+    np.testing.assert_allclose(conv(x), want, rtol=0, atol=1e-4)
+    rows = want.shape[0] * want.shape[1] * want.shape[2]
+    channel_major = stride == 1 and cout <= im2col.CHANNEL_MAJOR_MAX_OUT
+    # the transposed GEMM's output, [O, rows], is in the traced primal iff it is used
+    assert (f"f32[{cout},{rows}]" in str(jax.make_jaxpr(conv)(x))) == channel_major
+
+
 # im2col under each input-gradient form of its custom VJP, gemm_wgrad and pallas_wgrad.
 CONV_FORMS = [("im2col", form) for form in compute.DX_FORMS] + [
     ("gemm_wgrad", "auto"),
