@@ -15,6 +15,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.kernels.im2col import pad_hw
+
 
 def _windows(x: jax.Array, k: int) -> jax.Array:
     """The k x k windows of ``x``, whose H and W are multiples of k:
@@ -83,6 +85,6 @@ def avg_pool_shifted(x: jax.Array, k: int, padding: int) -> jax.Array:
     ``reduce_window`` up to float32 rounding (the sum runs in another order).
     """
     h, w = x.shape[1] + 2 * padding - k + 1, x.shape[2] + 2 * padding - k + 1
-    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    padded = pad_hw(x, padding)
     rows = sum(padded[:, i : i + h] for i in range(k))
     return sum(rows[:, :, j : j + w] for j in range(k)) / (k * k)
