@@ -51,6 +51,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--keep", action="store_true", help="continue OUT.json: skip rows in it")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run each model's arms N times in rotating order; the speed ratio is paired",
+    )  # fmt: skip
     args = parser.parse_args()
 
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave torch its share
@@ -60,7 +64,7 @@ def main() -> None:
     table = bench.run(
         args.models, args.batch_sizes, args.epochs, args.arms, args.variant,
         no_variants=args.no_variants, train_limit=args.train_limit, seed=args.seed,
-        data_dir=args.data_dir, out=Path(args.out), keep=args.keep,
+        data_dir=args.data_dir, out=Path(args.out), keep=args.keep, rounds=args.rounds,
     )  # fmt: skip
     print(table)
 

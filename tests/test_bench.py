@@ -248,3 +248,60 @@ def test_32x32x3_models_get_synthetic_cifar_and_no_seed_loop(tmp_path):
     assert train_labels.min() >= 0 and train_labels.max() <= 9
     assert mnist.torch_data[0].shape == (30, 28, 28, 1)  # the files given, not synthetic
     assert "real CIFAR-10" in bench.skip_reason("seed_loop", synthetic=True)
+
+
+def test_rounds_rotate_each_models_arms():
+    jobs = [("a", 1, "x", {}), ("a", 1, "y", {}), ("a", 1, "z", {}), ("b", 2, "x", {})]
+    order = [(r, job[0], job[2]) for r, job in bench.rotated(jobs, 3)]
+    assert order == [
+        (0, "a", "x"), (0, "a", "y"), (0, "a", "z"),
+        (1, "a", "y"), (1, "a", "z"), (1, "a", "x"),
+        (2, "a", "z"), (2, "a", "x"), (2, "a", "y"),
+        (0, "b", "x"), (1, "b", "x"), (2, "b", "x"),
+    ]  # fmt: skip
+    assert [job for _, job in bench.rotated(jobs, 1)] == jobs
+
+
+def test_speed_ratio_over_rounds_is_paired():
+    """Load that slows a whole round cancels: the ratio is taken within each round."""
+
+    def row(arm, *rounds):
+        first, *later = ([9.0, s] for s in rounds)
+        return bench.Row("resnet", 64, arm, epoch_seconds=first, rounds=later)
+
+    # round 2 ran under load (everything 3x slower); jaxcnn is 2x faster in every round
+    mine = row("jaxcnn", 0.5, 1.5, 0.5)
+    eager, compiled = row("torch_eager", 1.0, 3.0, 1.2), row("torch_compile", 1.2, 3.6, 1.0)
+    assert mine.round_medians == [0.5, 1.5, 0.5] and mine.steady == [0.5, 1.5, 0.5]
+    assert bench.paired_ratios(mine, [eager, compiled]) == pytest.approx([2.0, 2.0, 2.0])
+    (line,) = bench.speed_lines([eager, compiled, mine])
+    assert line.endswith("speed ratio 2.00 (paired over 3 rounds: 2.00-2.00)")
+    # a torch arm with fewer rounds (cut off) limits the pairs to the rounds all ran
+    short = bench.Row("resnet", 64, "torch_eager", epoch_seconds=[9.0, 1.0])
+    assert bench.paired_ratios(mine, [short, compiled]) == pytest.approx([2.0])
+
+
+def test_bench_rounds_end_to_end(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    make_idx_dir(data_dir, n=200)
+    out = tmp_path / "bench"
+    args = [
+        "--data-dir", str(data_dir), "--models", "mlp", "--batch-sizes", "64",
+        "--epochs", "2", "--arms", "torch_eager", "jaxcnn", "--no-variants", "--out", str(out),
+    ]  # fmt: skip
+    result = run_script("bench.py", *args, "--rounds", "2", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {r["arm"]: len(r["rounds"]) for r in rows} == {"torch_eager": 1, "jaxcnn": 1}
+    assert all(len(r["rounds"][0]) == 2 for r in rows)
+    table = out.with_suffix(".md").read_text()
+    assert "2 rounds in rotating order" in table and "(paired over 2 rounds: " in table
+    # --keep with more rounds adds the missing round to every row
+    again = run_script("bench.py", *args, "--rounds", "3", "--keep", timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows_again = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {r["arm"]: len(r["rounds"]) for r in rows_again} == {"torch_eager": 2, "jaxcnn": 2}
+    assert [r["epoch_seconds"] for r in rows_again] == [r["epoch_seconds"] for r in rows]
+    bad = run_script("bench.py", *args, "--rounds", "0", "--out", str(tmp_path / "b2"))
+    assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcnn import compute, models
+from jaxcnn.lab.inputs import dataset_for
 
 TORCH_ARMS = ("seed_loop", "torch_eager", "torch_graph", "torch_compile")
 REFERENCE = "jaxcnn"  # ratios are to this arm
@@ -53,11 +54,18 @@ class Row:
     startup_seconds: float | None = None
     test_accuracy: float | None = None
     options: dict = dataclasses.field(default_factory=dict)
+    rounds: list[list[float]] = dataclasses.field(default_factory=list)  # --rounds 2 and up
+
+    @property
+    def round_medians(self) -> list[float]:
+        """The median epoch after the warm-up of each round (the first is ``epoch_seconds``)."""
+        every = [self.epoch_seconds, *self.rounds]
+        return [statistics.median(r[1:] or r) for r in every if r]
 
     @property
     def steady(self) -> list[float]:
-        """Epoch times after the warm-up epoch (all of them if there is only one)."""
-        return self.epoch_seconds[1:] or self.epoch_seconds
+        """Epoch times after each round's warm-up epoch (all of them if there is only one)."""
+        return [t for r in [self.epoch_seconds, *self.rounds] for t in (r[1:] or r)]
 
     @property
     def median(self) -> float | None:
@@ -240,7 +248,12 @@ FAST_TORCH_ARMS = ("torch_eager", "torch_graph", "torch_compile")
 
 def speed_lines(rows: list[Row]) -> list[str]:
     """Per (model, batch): jaxcnn's defaults against the best PyTorch arm that ran, as a
-    speed ratio (best torch s/epoch over jaxcnn's: above 1, jaxcnn is faster)."""
+    speed ratio (best torch s/epoch over jaxcnn's: above 1, jaxcnn is faster).
+
+    With several rounds the ratio is paired: within each round, the fastest torch arm's
+    median over jaxcnn's; the line gives the median of those and their range, so load
+    that drifts between rounds cancels out.
+    """
     out = []
     for key in dict.fromkeys((r.model, r.batch_size) for r in rows):
         same = [r for r in rows if (r.model, r.batch_size) == key and r.median]
@@ -249,11 +262,27 @@ def speed_lines(rows: list[Row]) -> list[str]:
         if mine is None or not torch_rows:
             continue
         best = min(torch_rows, key=lambda r: r.median)
-        out.append(
+        line = (
             f"- `{key[0]}` (batch {key[1]}): jaxcnn {mine.median:.3f} s/epoch, best PyTorch "
-            f"arm {best.arm} {best.median:.3f} s: speed ratio {best.median / mine.median:.2f}"
+            f"arm {best.arm} {best.median:.3f} s: speed ratio "
         )
+        ratios = paired_ratios(mine, torch_rows)
+        if len(ratios) < 2:
+            out.append(line + f"{best.median / mine.median:.2f}")
+        else:
+            out.append(
+                line + f"{statistics.median(ratios):.2f} (paired over {len(ratios)} rounds: "
+                f"{min(ratios):.2f}-{max(ratios):.2f})"
+            )
     return out
+
+
+def paired_ratios(mine: Row, torch_rows: list[Row]) -> list[float]:
+    """Per round that every row ran: the fastest torch arm's median over ``mine``'s."""
+    count = min(len(r.round_medians) for r in [mine, *torch_rows])
+    return [
+        min(r.round_medians[i] for r in torch_rows) / mine.round_medians[i] for i in range(count)
+    ]
 
 
 def target_lines(rows: list[Row]) -> list[str]:
@@ -385,11 +414,14 @@ def run(
     data_dir: str,
     out: Path,
     keep: bool,
+    rounds: int = 1,
 ) -> str:
     """``scripts/bench.py``: every (model, batch size, arm) row, written to OUT.json and
     OUT.md after each one and plotted to OUT.png at the end; returns the table.
 
     ``batch_sizes``: ``"seed"`` (each recipe's) or positive integers, as strings.
+    ``rounds``: how often each model's arms run, back to back, in rotating order
+    (:func:`run_rows`).
     """
     from jaxcnn import report, train
     from jaxcnn.errors import UserError
@@ -398,6 +430,8 @@ def run(
         train.get_config(name, "fashion_mnist", epochs=epochs, train_limit=train_limit)
     variants = {} if no_variants else dict(DEFAULT_VARIANTS)
     variants.update(parse_variant(v) for v in extra_variants)
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {rounds}")
     for value in batch_sizes:
         if value != "seed" and not (value.isdigit() and int(value) > 0):
             raise UserError(f"--batch-sizes: expected 'seed' or a positive integer, got '{value}'")
@@ -409,20 +443,29 @@ def run(
         sources = make_sources(model_names, data_dir, train_limit, seed, Path(scratch))
         return run_rows(
             model_names, batch_sizes, epochs, arms, variants, sources, out,
-            train_limit=train_limit, seed=seed, data_dir=data_dir,
+            train_limit=train_limit, seed=seed, data_dir=data_dir, rounds=rounds,
         )  # fmt: skip
 
 
-def run_rows(model_names, batch_sizes, epochs, arms, variants, sources, out, **kw) -> str:
-    """:func:`run`'s rows, once the options are checked and the data is loaded."""
+def run_rows(
+    model_names, batch_sizes, epochs, arms, variants, sources, out, *,
+    train_limit: int | None, seed: int, data_dir: str, rounds: int = 1,
+) -> str:  # fmt: skip
+    """:func:`run`'s rows, once the options are checked and the data is loaded.
+
+    Each (model, batch size) runs its arms ``rounds`` times, the rounds back to back
+    and the arms' order rotated by one each round, so that no arm always runs first
+    after a model's data is loaded, or always last. Later rounds add their epochs to
+    the row (``Row.rounds``); their start-up and accuracy are the first round's.
+    """
     from jaxcnn import report
 
-    train_limit, seed, data_dir = kw["train_limit"], kw["seed"], kw["data_dir"]
     json_path = out.with_suffix(".json")
     env = environment()
     results = finished_rows(json_path)  # --keep: finished rows stay
-    done = set(results)
     note = f"{epochs} epochs per arm (first = warm-up)"
+    if rounds > 1:
+        note += f", {rounds} rounds in rotating order"
     if train_limit:
         note += f", first {train_limit} training images only"
     synthetic = [name for name, source in sources.items() if source.synthetic]
@@ -447,17 +490,24 @@ def run_rows(model_names, batch_sizes, epochs, arms, variants, sources, out, **k
         report.write_atomic(out.with_suffix(".md"), markdown(rows, env, note))
         return rows
 
-    for name, batch, arm, options in jobs:
-        if (name, batch, arm) in done:
-            continue
+    for r, (name, batch, arm, options) in rotated(jobs, rounds):
+        key = (name, batch, arm)
+        before = results.get(key)
+        if before is not None and (before.status != "ok" or len(before.round_medians) > r):
+            continue  # done (--keep), or a row that did not run in the first round
         reason = skip_reason(arm, options, sources[name].synthetic)
         if reason:
-            row = Row(name, batch, arm, status=reason)
+            results[key] = Row(name, batch, arm, status=reason)
         else:
-            report.log(f"bench: {name}, batch {batch}, {arm}")
+            report.log(f"bench: {name}, batch {batch}, {arm}" + (f", round {r + 1}" if r else ""))
             row = run_arm(name, batch, arm, options, epochs, sources[name], raw_root,
                           seed=seed, train_limit=train_limit)  # fmt: skip
-        results[(name, batch, arm)] = row
+            if before is None:
+                results[key] = row
+            elif row.status == "ok":
+                before.rounds.append(row.epoch_seconds)
+            else:  # the first round's numbers stay; the row says what went wrong later
+                report.log(f"bench: round {r + 1} of {name}, {arm}: {row.status}")
         save()
     plot(save(), out.with_suffix(".png"))
     return out.with_suffix(".md").read_text()
@@ -473,7 +523,7 @@ def make_sources(
     loaded: dict[str, Source] = {}
     out = {}
     for name in model_names:
-        kind = "cifar10" if models.get_spec(name).input_shape[2] == 3 else "fashion_mnist"
+        kind = dataset_for(name)
         if kind not in loaded:
             where = data_dir
             if kind == "cifar10":
@@ -498,6 +548,20 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+def rotated(jobs: list[tuple], rounds: int) -> list[tuple[int, tuple]]:
+    """(round, job) in the order to run them: per (model, batch size), its jobs
+    ``rounds`` times, the order rotated by one job each round."""
+    groups: dict[tuple, list[tuple]] = {}
+    for job in jobs:
+        groups.setdefault(job[:2], []).append(job)
+    return [
+        (r, job)
+        for group in groups.values()
+        for r in range(rounds)
+        for job in group[r % len(group) :] + group[: r % len(group)]
+    ]
 
 
 def finished_rows(json_path: Path) -> dict[tuple, Row]:

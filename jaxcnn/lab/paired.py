@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import numpy as np
 
 
 def alternate(fns: Mapping[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
@@ -47,20 +46,18 @@ def speedups(times: Mapping[str, list[float]]) -> dict[str, float]:
 
 
 def step_calls(config, steps: int) -> Callable[[], Any]:
-    """A call of ``steps`` training steps of ``config`` on fixed random uint8 images.
+    """A call of ``steps`` training steps of ``config`` on fixed random uint8 images
+    of its dataset's raw size.
 
     The model's state is not carried from call to call: every call starts from
     the initial parameters, so each one computes the same steps.
     """
-    from jaxcnn import models, train
+    from jaxcnn import train
+    from jaxcnn.lab.inputs import random_split
     from jaxcnn.trace import make_steps_fn
 
     program, state = train.create_program(config)
-    h, w, c = models.get_spec(config.model).input_shape
-    rng = np.random.default_rng(0)
-    n = config.batch_size * steps
-    images = jax.device_put(rng.integers(0, 256, (n, h, w, c), np.uint8))
-    labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
+    images, labels = random_split(config.dataset, config.batch_size * steps)
     fn = make_steps_fn(program, steps)
     return lambda: fn(state, images, labels)
 
@@ -70,11 +67,12 @@ def run(model_names: list[str], variants: Mapping[str, dict], steps: int, rounds
     returns a markdown table of ms per step and the speed against the first variant."""
     from jaxcnn import train
     from jaxcnn.errors import UserError
+    from jaxcnn.lab.inputs import dataset_for
 
     if len(variants) < 2 or steps < 1 or rounds < 1:
         raise UserError("give two --variant or more, and --steps and --rounds of at least 1")
     configs = {  # every name and option checked before anything is compiled
-        (model, name): train.get_config(model, "fashion_mnist", **options)
+        (model, name): train.get_config(model, dataset_for(model), **options)
         for model in model_names
         for name, options in variants.items()
     }

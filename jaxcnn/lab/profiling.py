@@ -137,11 +137,12 @@ def profile_models(names: list[str], steps: int, out: Path, requested: dict) -> 
     and the traces under OUT_traces/, and returns the table."""
     from jaxcnn import report, train
     from jaxcnn.errors import UserError
+    from jaxcnn.lab.inputs import dataset_for
 
     if steps < 1:
         raise UserError("--steps must be at least 1")
     # every name and flag checked before the first model runs
-    configs = [train.get_config(name, "fashion_mnist", **requested) for name in names]
+    configs = [train.get_config(name, dataset_for(name), **requested) for name in names]
     env = report.environment()
     peak = next((v for k, v in PEAKS.items() if k in env["device"]), None)
     report.ensure_dir(out.parent, "--out folder")
@@ -165,14 +166,11 @@ def profile_models(names: list[str], steps: int, out: Path, requested: dict) -> 
 
 def profile_model(config, steps: int, traces: Path) -> dict:
     """FLOPs and bytes of one step, its measured time, and the kernels of a trace."""
-    from jaxcnn import compute, models, train
+    from jaxcnn import compute, train
+    from jaxcnn.lab.inputs import random_split
 
     program, state = train.create_program(config)
-    c = models.get_spec(config.model).input_shape[2]
-    n = max(config.batch_size * steps, 1000)
-    rng = np.random.default_rng(0)
-    images = jax.device_put(rng.integers(0, 256, (n, 28, 28, c), np.uint8))
-    labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
+    images, labels = random_split(config.dataset, max(config.batch_size * steps, 1000))
     count_fn = None
     if compute.unavailable(config.compute, "cpu"):  # count the same math with XLA's convs
         plain = dataclasses.replace(config.compute, conv="xla")
