@@ -553,14 +553,13 @@ def environment() -> dict:
 def rotated(jobs: list[tuple], rounds: int) -> list[tuple[int, tuple]]:
     """(round, job) in the order to run them: per (model, batch size), its jobs
     ``rounds`` times, the order rotated by one job each round."""
+    from jaxcnn.lab.paired import rotation
+
     groups: dict[tuple, list[tuple]] = {}
     for job in jobs:
         groups.setdefault(job[:2], []).append(job)
     return [
-        (r, job)
-        for group in groups.values()
-        for r in range(rounds)
-        for job in group[r % len(group) :] + group[: r % len(group)]
+        (r, job) for group in groups.values() for r in range(rounds) for job in rotation(group, r)
     ]
 
 

@@ -29,11 +29,18 @@ def alternate(fns: Mapping[str, Callable[[], Any]], rounds: int) -> dict[str, li
         jax.block_until_ready(fns[name]())
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in rotation(names, r):
             start = time.perf_counter()
             jax.block_until_ready(fns[name]())
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def rotation(items: list, r: int) -> list:
+    """Round ``r``'s order of ``items``: rotated left by ``r``, so that over the rounds
+    every item runs in every position (``alternate``, the bench's ``--rounds``, the
+    start-up comparison)."""
+    return items[r % len(items) :] + items[: r % len(items)]
 
 
 def speedups(times: Mapping[str, list[float]]) -> dict[str, float]:

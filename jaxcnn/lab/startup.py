@@ -69,6 +69,7 @@ def run(model_names: list[str], data_dir: str, train_limit: int, rounds: int) ->
     """Every model's two processes, warmed once, then timed in turns; a markdown table."""
     from jaxcnn import train
     from jaxcnn.errors import UserError
+    from jaxcnn.lab.paired import rotation
 
     if rounds < 1 or train_limit < 1:
         raise UserError("--rounds and --train-limit must be at least 1")
@@ -86,7 +87,7 @@ def run(model_names: list[str], data_dir: str, train_limit: int, rounds: int) ->
             timed(cmds["torch"], None)
             times: dict[str, list[float]] = {"jaxcnn": [], "torch": []}
             for r in range(rounds):
-                for arm in ("jaxcnn", "torch") if r % 2 == 0 else ("torch", "jaxcnn"):
+                for arm in rotation(["jaxcnn", "torch"], r):
                     times[arm].append(timed(cmds[arm], workdir if arm == "jaxcnn" else None))
             ratio = statistics.median(
                 t / j for t, j in zip(times["torch"], times["jaxcnn"], strict=True)
