@@ -30,6 +30,7 @@ from jaxcnn.errors import UserError, first_line
 CONVS = ("xla", "im2col", "gemm_wgrad", "pallas_wgrad")  # jaxcnn.kernels.conv2d
 POOLS = ("xla", "reshape")  # jaxcnn.kernels.max_pool2d
 DX_FORMS = ("auto", "correlation", "col2im")  # jaxcnn.kernels.im2col
+PATCH_FORMS = ("auto", "full", "rows")  # jaxcnn.kernels.rowconv.applies
 DTYPES = ("float32", "bfloat16")
 
 
@@ -71,6 +72,12 @@ class Compute:
     dx_form: str = _option(
         "auto", "im2col's input-gradient form (auto: by the elements written)", choices=DX_FORMS
     )
+    patch_form: str = _option(
+        "auto",
+        "im2col's patches: full (kh*kw taps) or rows (kw taps, the row shifts summed after "
+        "the GEMM; stride 1 only); auto: rows where they write little enough",
+        choices=PATCH_FORMS,
+    )
     # XLA compiler options for the training and evaluation programs, as (name, value)
     # pairs: DebugOptions fields such as xla_gpu_enable_command_buffer.
     xla_options: tuple[tuple[str, Any], ...] = _option((), "", flag=False)
@@ -88,7 +95,7 @@ class Compute:
 PLAIN = Compute()  # the plain form: what every model computes unless told otherwise
 FIELDS = {f.name: f for f in dataclasses.fields(Compute)}
 # The fields a model reads; the others (dtype, unroll, XLA options) belong to the step.
-MODEL_FIELDS = ("conv", "pool", "fuse", "dx_form", "interpret", "mesh")
+MODEL_FIELDS = ("conv", "pool", "fuse", "dx_form", "patch_form", "interpret", "mesh")
 
 # XLA's CUDA-graph command buffers with the epoch's scan loop (WHILE) and its
 # conditionals inside them too: the whole epoch one graph launch (GPU only).
@@ -100,6 +107,7 @@ WHOLE_EPOCH_GRAPH = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 VARIANTS: dict[str, dict[str, Any]] = {
     "xla": {"conv": "xla", "pool": "xla"},  # the plain form
     "im2col": {"conv": "im2col"},
+    "im2col_full": {"conv": "im2col", "patch_form": "full"},  # the full patch matrix only
     "fused": {"fuse": True},
     "fused+im2col": {"fuse": True, "conv": "im2col"},
     "gemm_wgrad": {"conv": "gemm_wgrad"},

@@ -26,6 +26,10 @@ from tests.helpers import variant
 # fuse changes only the models that have a fused form (InceptionA); conv="pallas_wgrad"
 # runs off a GPU in Pallas's interpreter (tests.helpers.variant)
 CASES = [(name, impl) for impl in ("im2col", "reshape_pool") for name in models.MODELS] + [
+    ("mnist_cnn", "im2col_full"),
+    ("inception", "im2col_full"),
+    ("resnet", "im2col_full"),
+    ("cifar_cnn", "im2col_full"),
     ("inception", "fused"),
     ("inception", "fused+im2col"),
     ("inception", "gemm_wgrad"),

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from jaxcnn import UserError, compute, kernels, models, train
-from jaxcnn.kernels import im2col
+from jaxcnn.kernels import im2col, rowconv
 from jaxcnn.models import layers
 from jaxcnn.objectives import seed_loss
 from tests.helpers import full_float32, variant  # noqa: F401 (fixture)
@@ -119,16 +119,15 @@ def test_conv_without_gradient_matches_xla(kernel, stride, padding, cout):
     assert (f"f32[{cout},{rows}]" in str(jax.make_jaxpr(conv)(x))) == channel_major
 
 
-# im2col under each input-gradient form of its custom VJP, gemm_wgrad and pallas_wgrad.
-CONV_FORMS = [("im2col", form) for form in compute.DX_FORMS] + [
-    ("gemm_wgrad", "auto"),
-    ("pallas_wgrad", "auto"),
-]
+# im2col's full patch matrix under each input-gradient form of its custom VJP, its row
+# form (where a case has none, the full form), gemm_wgrad and pallas_wgrad.
+CONV_FORMS = [("im2col", {"patch_form": "full", "dx_form": form}) for form in compute.DX_FORMS]
+CONV_FORMS += [("im2col", {"patch_form": "rows"}), ("gemm_wgrad", {}), ("pallas_wgrad", {})]
 
 
-@pytest.mark.parametrize(("impl", "form"), CONV_FORMS)
+@pytest.mark.parametrize(("impl", "options"), CONV_FORMS)
 @pytest.mark.parametrize(("kernel", "stride", "padding"), CONV_CASES)
-def test_conv_layer_matches_xla(kernel, stride, padding, impl, form):
+def test_conv_layer_matches_xla(kernel, stride, padding, impl, options):
     """Output and all three gradients of the custom-VJP convolutions against XLA's.
 
     A 2x2 kernel at stride 2 on 13x11 leaves a row and a column no window reads
@@ -138,7 +137,7 @@ def test_conv_layer_matches_xla(kernel, stride, padding, impl, form):
     x = jax.random.normal(jax.random.key(1), (2, 13, 11, 3))
 
     def run(impl):
-        how = variant("", conv=impl, dx_form=form)
+        how = variant("", conv=impl, **(options if impl != "xla" else {}))
         conv = layers.Conv2d(
             3, 7, kernel, stride=stride, padding=padding, compute=how, rngs=nnx.Rngs(0)
         )
@@ -160,6 +159,49 @@ def test_conv_layer_matches_xla(kernel, stride, padding, impl, form):
         # sums of ~400 float32 terms in another order (pallas_wgrad's bias gradient,
         # which reaches ~300 here, is off by ~3e-4 = 1e-6 relative)
         np.testing.assert_allclose(got, want, rtol=0, atol=max(1e-4, 2e-6 * np.abs(want).max()))
+
+
+@pytest.mark.parametrize(("cin", "cout"), [(3, 7), (24, 7), (3, 24)])
+@pytest.mark.parametrize(("kernel", "padding"), [(5, 2), (3, 0), (2, 1)])
+def test_row_form_matches_xla(kernel, padding, cin, cout):
+    """The row form's output, with and without a gradient taken (evaluation is
+    channel-major for few output channels unless the channels narrow), and its
+    gradients against XLA's, and the GEMM it traces is the row form's."""
+    x = jax.random.normal(jax.random.key(1), (2, 13, 11, cin))
+    k = jax.random.normal(jax.random.key(2), (kernel, kernel, cin, cout))
+
+    def conv(x, k):
+        return rowconv.conv2d_rows(x, k, None, padding)
+
+    def plain(x, k):
+        return im2col.plain_conv(x, k, 1, padding)
+
+    want, want_vjp = jax.vjp(plain, x, k)
+    np.testing.assert_allclose(conv(x, k), want, rtol=0, atol=1e-4)
+    got, got_vjp = jax.vjp(conv, x, k)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    dy = jax.random.normal(jax.random.key(3), want.shape)
+    for g, w in zip(got_vjp(dy), want_vjp(dy), strict=True):
+        np.testing.assert_allclose(g, w, rtol=0, atol=2e-6 * np.abs(w).max() + 1e-5)
+    padded_rows = 2 * (13 + 2 * padding) * want.shape[2]
+    z = f"f32[{padded_rows},{kernel * cout}]"  # P @ W2: kh*O columns per padded row
+    assert z in str(jax.make_jaxpr(lambda x: jax.vjp(conv, x, k)[0])(x))
+    channel_major = cout <= im2col.CHANNEL_MAJOR_MAX_OUT and cin <= cout
+    rows = want.shape[0] * want.shape[1] * want.shape[2]
+    assert (f"f32[{cout},{rows}]" in str(jax.make_jaxpr(lambda x: conv(x, k))(x))) == channel_major
+
+
+def test_row_form_applies_where_it_writes_little():
+    """``auto``: not at a stride, for a 1x1 or one-channel input, nor for cifar_cnn's
+    conv1 (3 -> 16, 5x5: 95 values a pixel against 75); the seeds' other convolutions."""
+    assert rowconv.applies("auto", (5, 5, 16, 32), 1)  # cifar_cnn's conv2
+    assert rowconv.applies("auto", (3, 3, 6, 16), 1)  # blitz_net's conv2, ratio 1.22
+    assert not rowconv.applies("auto", (5, 5, 3, 16), 1)  # cifar_cnn's conv1, ratio 1.27
+    assert rowconv.applies("rows", (5, 5, 3, 16), 1)
+    assert not rowconv.applies("rows", (5, 5, 1, 10), 1)  # one input channel
+    assert not rowconv.applies("rows", (3, 3, 16, 16), 2)
+    assert not rowconv.applies("rows", (1, 1, 16, 16), 1)
+    assert not rowconv.applies("full", (5, 5, 16, 32), 1)
 
 
 @pytest.mark.parametrize(

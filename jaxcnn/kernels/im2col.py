@@ -104,11 +104,11 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, in_hw, dx_
     """The convolution where no gradient is taken (evaluation, prediction); under
     differentiation :func:`_conv_fwd` runs instead, and keeps the patch matrix."""
     if stride == 1 and kernel.shape[3] <= CHANNEL_MAJOR_MAX_OUT:
-        return _forward_channel_major(x, kernel, padding)
+        return forward_channel_major(x, kernel, padding)
     return _forward(x, kernel, stride, padding)[0]
 
 
-def _forward_channel_major(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+def forward_channel_major(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """The stride-1 convolution as y^T = W^T cols^T, with the patches built taps-major.
 
     For a few output channels, XLA:CPU's GEMM [rows, taps*C] x [taps*C, O] ran
