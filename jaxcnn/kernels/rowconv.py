@@ -4,11 +4,11 @@ The full patch matrix of :mod:`jaxcnn.kernels.im2col` holds kh*kw*C values
 per output pixel, and on a CPU building it (and its gradient) is most of a
 step: XLA:CPU writes those narrow-minor-dimension arrays at a fraction of the
 memory's speed. Here the patches cover the kw columns of a window only, on
-every padded row::
+every row of the input (padded in W; the padding rows would be zeros)::
 
-    P[n, r, w, (j, c)]    = x_pad[n, r, w + j, c]            kw*C values
+    P[n, r, w, (j, c)]    = x_padw[n, r, w + j, c]           kw*C values
     Z[n, r, w, (i, o)]    = P @ W2,  W2[(j, c), (i, o)] = W[i, j, c, o]
-    y[n, h, w, o]         = sum_i Z[n, h + i, w, i, o]        kh row shifts
+    y[n, h, w, o]         = sum_i Z[n, h + i - pad, w, i, o]  kh row shifts
 
 The FLOPs are the full form's; the GEMM is [pixels, kw*C] x [kw*C, kh*O]
 instead of [pixels, kh*kw*C] x [kh*kw*C, O], and the shifts run along H, an
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.kernels.im2col import CHANNEL_MAJOR_MAX_OUT, forward_channel_major, pad_hw
+from jaxcnn.kernels.im2col import CHANNEL_MAJOR_MAX_OUT, forward_channel_major
 
 # The row form where it writes at most this many times the full form's elements
 # per pixel (kw*C + kh*O against kh*kw*C). blitz_net's second convolution (6 -> 16,
@@ -99,29 +99,48 @@ def _conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
 
 
 def _forward(x, kernel, padding):
-    kh, _, _, cout = kernel.shape
-    p = row_patches(pad_hw(x, padding), kernel.shape[1])
-    n, hp, w, features = p.shape
-    z = (p.reshape(n * hp * w, features) @ row_weights(kernel)).reshape(n, hp, w, kh, cout)
-    h = hp - kh + 1
-    return sum(z[:, i : i + h, :, i] for i in range(kh)), (p, kernel)
+    """y[h] = sum_i Z[h + i - padding, i], Z on the input's own rows only.
+
+    The padding rows of x are zeros, and so would be their P and Z rows: they
+    are not computed. Each shift is a pad (or crop) of Z's rows, summed.
+    """
+    kh, kw, _, cout = kernel.shape
+    p = row_patches(_pad_w(x, padding), kw)
+    n, h_in, w, features = p.shape
+    z = (p.reshape(n * h_in * w, features) @ row_weights(kernel)).reshape(n, h_in, w, kh, cout)
+    h_out = h_in + 2 * padding - kh + 1
+    y = sum(_shift_rows(z[:, :, :, i], padding - i, h_out) for i in range(kh))
+    return y, (p, kernel)
 
 
 def _backward(padding, residuals, dy):
     p, kernel = residuals
     kh, kw, cin, cout = kernel.shape
-    n, hp, w, _ = p.shape
-    rows = n * hp * w
-    shifts = [jnp.pad(dy, ((0, 0), (i, kh - 1 - i), (0, 0), (0, 0))) for i in range(kh)]
-    dz = jnp.stack(shifts, axis=3).reshape(rows, kh * cout)  # dZ[n, h + i, w, i] = dy[n, h, w]
+    n, h_in, w, _ = p.shape
+    rows = n * h_in * w
+    # dZ[r, i] = dy[r + padding - i]: the forward's shifts, transposed
+    dz = jnp.stack([_shift_rows(dy, i - padding, h_in) for i in range(kh)], axis=3)
+    dz = dz.reshape(rows, kh * cout)
     # (dZ^T P)^T, contracting the pixels in place: the small dZ is the one transposed,
     # as in im2col._weight_grad
     dw2 = lax.dot_general(dz, p.reshape(rows, kw * cin), (((0,), (0,)), ((), ()))).T
     dkernel = dw2.reshape(kw, cin, kh, cout).transpose(2, 0, 1, 3)
-    dp = (dz @ row_weights(kernel).T).reshape(n, hp, w, kw, cin)
+    dp = (dz @ row_weights(kernel).T).reshape(n, h_in, w, kw, cin)
     wp = w + kw - 1
     dxp = sum(jnp.pad(dp[:, :, :, j], ((0, 0), (0, 0), (j, kw - 1 - j), (0, 0))) for j in range(kw))
-    return dxp[:, padding : hp - padding, padding : wp - padding], dkernel
+    return dxp[:, :, padding : wp - padding], dkernel
+
+
+def _pad_w(x: jax.Array, padding: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (0, 0), (padding, padding), (0, 0))) if padding else x
+
+
+def _shift_rows(a: jax.Array, lo: int, length: int) -> jax.Array:
+    """``a`` [N, H, ...] moved down ``lo`` rows (up, if negative) into ``length`` rows,
+    zeros where no row of ``a`` lands: one ``lax.pad``, whose negative sides crop."""
+    hi = length - a.shape[1] - lo
+    config = [(0, 0, 0), (lo, hi, 0)] + [(0, 0, 0)] * (a.ndim - 2)
+    return lax.pad(a, jnp.zeros((), a.dtype), config)
 
 
 _conv.defvjp(_forward, _backward)
