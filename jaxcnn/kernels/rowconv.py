@@ -10,8 +10,9 @@ every row of the input (padded in W; the padding rows would be zeros)::
     Z[n, r, w, (i, o)]    = P @ W2,  W2[(j, c), (i, o)] = W[i, j, c, o]
     y[n, h, w, o]         = sum_i Z[n, h + i - pad, w, i, o]  kh row shifts
 
-The FLOPs are the full form's (times H_in/H_out without padding); the GEMM is [pixels, kw*C] x [kw*C, kh*O]
-instead of [pixels, kh*kw*C] x [kh*kw*C, O], and the shifts run along H, an
+The FLOPs are the full form's (times H_in/H_out without padding); the GEMM
+is [pixels, kw*C] x [kw*C, kh*O] instead of [pixels, kh*kw*C] x [kh*kw*C, O],
+and the shifts run along H, an
 outer dimension, so each is a block of whole rows. The backward mirrors it:
 dZ stacks the kh row shifts of dy, dW2 = P^T dZ, dP = dZ W2^T, and dx is the
 col2im of the kw column shifts only.
