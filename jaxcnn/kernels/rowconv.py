@@ -12,10 +12,9 @@ every row of the input (padded in W; the padding rows would be zeros)::
 
 The FLOPs are the full form's (times H_in/H_out without padding); the GEMM
 is [pixels, kw*C] x [kw*C, kh*O] instead of [pixels, kh*kw*C] x [kh*kw*C, O],
-and the shifts run along H, an
-outer dimension, so each is a block of whole rows. The backward mirrors it:
-dZ stacks the kh row shifts of dy, dW2 = P^T dZ, dP = dZ W2^T, and dx is the
-col2im of the kw column shifts only.
+and the shifts run along H, an outer dimension, so each is a block of whole
+rows. The backward mirrors it: dZ stacks the kh row shifts of dy,
+dW2 = P^T dZ, dP = dZ W2^T, and dx is the col2im of the kw column shifts only.
 
 On the 2-core AMD EPYC (Zen 5) of 2026-12-02, whole training steps against
 the full form, paired in one process (``scripts/ab.py --variant
