@@ -51,9 +51,18 @@ def patches(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
         return patches_concat(x, kh, kw, stride)
     n, hp, wp, c = x.shape
     h, w = hp - kh + 1, wp - kw + 1
-    rows = jnp.stack([x[:, :, j : j + w] for j in range(kw)], axis=3)  # [N,Hp,W',kw,C]
-    views = jnp.stack([rows[:, i : i + h] for i in range(kh)], axis=3)  # [N,H',W',kh,kw,C]
+    rows = column_shifts(x, kw)  # [N,Hp,W',kw*C]
+    views = jnp.stack([rows[:, i : i + h] for i in range(kh)], axis=3)  # [N,H',W',kh,kw*C]
     return views.reshape(n, h, w, kh * kw * c)
+
+
+def column_shifts(x: jax.Array, kw: int) -> jax.Array:
+    """[N,H,Wp,C] -> [N,H,W',kw*C]: the kw column shifts of every row, features
+    (col, channel): the first stack of :func:`patches`, and the row form's whole
+    patch matrix (:mod:`jaxcnn.kernels.rowconv`)."""
+    n, hp, wp, c = x.shape
+    w = wp - kw + 1
+    return jnp.stack([x[:, :, j : j + w] for j in range(kw)], axis=3).reshape(n, hp, w, kw * c)
 
 
 MAX_STACK = 8  # XLA:CPU's kMaxConcatenateArguments: no fusion of a wider concatenate

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.kernels.im2col import CHANNEL_MAJOR_MAX_OUT, forward_channel_major
+from jaxcnn.kernels.im2col import CHANNEL_MAJOR_MAX_OUT, column_shifts, forward_channel_major
 
 # The row form where it writes at most this many times the full form's elements
 # per pixel (kw*C + kh*O against kh*kw*C). blitz_net's second convolution (6 -> 16,
@@ -68,13 +68,6 @@ def conv2d_rows(
     return y if bias is None else y + bias.astype(y.dtype)
 
 
-def row_patches(xp: jax.Array, kw: int) -> jax.Array:
-    """[N,Hp,Wp,C] -> [N,Hp,W',kw*C]: the kw column shifts of every row, features (col, channel)."""
-    n, hp, wp, c = xp.shape
-    w = wp - kw + 1
-    return jnp.stack([xp[:, :, j : j + w] for j in range(kw)], axis=3).reshape(n, hp, w, kw * c)
-
-
 def row_weights(kernel: jax.Array) -> jax.Array:
     """HWIO -> W2 [(kw, C), (kh, O)], the row form's GEMM operand."""
     kh, kw, cin, cout = kernel.shape
@@ -105,7 +98,7 @@ def _forward(x, kernel, padding):
     are not computed. Each shift is a pad (or crop) of Z's rows, summed.
     """
     kh, kw, _, cout = kernel.shape
-    p = row_patches(_pad_w(x, padding), kw)
+    p = column_shifts(_pad_w(x, padding), kw)
     n, h_in, w, features = p.shape
     z = (p.reshape(n * h_in * w, features) @ row_weights(kernel)).reshape(n, h_in, w, kh, cout)
     h_out = h_in + 2 * padding - kh + 1
