@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxcnn.kernels.im2col import plain_conv, plain_input_grad
@@ -174,6 +173,10 @@ def weight_and_bias_grad(
     ``interpret``: in Pallas's interpreter (any backend) instead of Triton (a GPU);
     ``launch``: the launch shape's knobs.
     """
+    # Imported here, not at the top: there it added ~65 ms (python -X importtime) to
+    # every run's start-up, for a kernel that only a GPU or a test runs.
+    from jax.experimental.pallas import triton as pltriton
+
     n, h, w, cin = x.shape
     _, oh, ow, cout = dy.shape
     kh, kw = kernel_hw
