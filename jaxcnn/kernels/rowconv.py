@@ -118,10 +118,12 @@ def _backward(padding, residuals, dy):
     # as in im2col._weight_grad
     dw2 = lax.dot_general(dz, p.reshape(rows, kw * cin), (((0,), (0,)), ((), ()))).T
     dkernel = dw2.reshape(kw, cin, kh, cout).transpose(2, 0, 1, 3)
-    dp = (dz @ row_weights(kernel).T).reshape(n, h_in, w, kw, cin)
-    wp = w + kw - 1
-    dxp = sum(jnp.pad(dp[:, :, :, j], ((0, 0), (0, 0), (j, kw - 1 - j), (0, 0))) for j in range(kw))
-    return dxp[:, :, padding : wp - padding], dkernel
+    dp = (dz @ row_weights(kernel).T).reshape(n, h_in, w, kw * cin)
+    # col2im of the kw column shifts: the transpose of the (linear) pad-and-shift map,
+    # derived as im2col._dx_col2im derives its own
+    x_shape = jax.ShapeDtypeStruct((n, h_in, w + kw - 1 - 2 * padding, cin), dp.dtype)
+    (dx,) = jax.linear_transpose(lambda x: column_shifts(_pad_w(x, padding), kw), x_shape)(dp)
+    return dx, dkernel
 
 
 def _pad_w(x: jax.Array, padding: int) -> jax.Array:
