@@ -30,7 +30,7 @@ from jaxcnn.errors import UserError, first_line
 CONVS = ("xla", "im2col", "gemm_wgrad", "pallas_wgrad")  # jaxcnn.kernels.conv2d
 POOLS = ("xla", "reshape")  # jaxcnn.kernels.max_pool2d
 DX_FORMS = ("auto", "correlation", "col2im")  # jaxcnn.kernels.im2col
-PATCH_FORMS = ("auto", "full", "rows")  # jaxcnn.kernels.rowconv.applies
+PATCH_FORMS = ("auto", "full", "rows", "tiles")  # jaxcnn.kernels.{rowconv,tileconv}.applies
 DTYPES = ("float32", "bfloat16")
 
 
@@ -74,8 +74,10 @@ class Compute:
     )
     patch_form: str = _option(
         "auto",
-        "im2col's patches: full (kh*kw taps) or rows (kw taps, the row shifts summed after "
-        "the GEMM; stride 1 only); auto: rows where they write little enough",
+        "im2col's patches: full (kh*kw taps), rows (kw taps, the row shifts summed after "
+        "the GEMM) or tiles (a tile of output columns a patch, the kernel block-Toeplitz); "
+        "rows and tiles at stride 1 only; auto: tiles for few channels (first "
+        "convolutions), rows where they write little enough",
         choices=PATCH_FORMS,
     )
     # XLA compiler options for the training and evaluation programs, as (name, value)

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from jaxcnn import UserError, compute, kernels, models, train
-from jaxcnn.kernels import im2col, rowconv
+from jaxcnn.kernels import im2col, rowconv, tileconv
 from jaxcnn.models import layers
 from jaxcnn.objectives import seed_loss
 from tests.helpers import full_float32, variant  # noqa: F401 (fixture)
@@ -120,9 +120,10 @@ def test_conv_without_gradient_matches_xla(kernel, stride, padding, cout):
 
 
 # im2col's full patch matrix under each input-gradient form of its custom VJP, its row
-# form (where a case has none, the full form), gemm_wgrad and pallas_wgrad.
+# form and its tiles (where a case has neither, the full form), gemm_wgrad and pallas_wgrad.
 CONV_FORMS = [("im2col", {"patch_form": "full", "dx_form": form}) for form in compute.DX_FORMS]
-CONV_FORMS += [("im2col", {"patch_form": "rows"}), ("gemm_wgrad", {}), ("pallas_wgrad", {})]
+CONV_FORMS += [("im2col", {"patch_form": "rows"}), ("im2col", {"patch_form": "tiles"})]
+CONV_FORMS += [("gemm_wgrad", {}), ("pallas_wgrad", {})]
 
 
 @pytest.mark.parametrize(("impl", "options"), CONV_FORMS)
@@ -202,6 +203,59 @@ def test_row_form_applies_where_it_writes_little():
     assert not rowconv.applies("rows", (3, 3, 16, 16), 2)
     assert not rowconv.applies("rows", (1, 1, 16, 16), 1)
     assert not rowconv.applies("full", (5, 5, 16, 32), 1)
+    assert not rowconv.applies("tiles", (5, 5, 16, 32), 1)
+
+
+@pytest.mark.parametrize(("cin", "cout"), [(1, 6), (3, 16), (3, 24)])
+@pytest.mark.parametrize(("kernel", "padding"), [(5, 2), (3, 0), (2, 1)])
+def test_tile_form_matches_xla(kernel, padding, cin, cout):
+    """The tiles' output, with and without a gradient taken (evaluation is channel-major
+    for one input channel and few output channels), and both gradients, against XLA's;
+    and the GEMM traced is the tiles' one. 13x11 inputs leave output widths that the
+    tile width does not divide (cropped columns) as well as ones it does."""
+    x = jax.random.normal(jax.random.key(1), (2, 13, 11, cin))
+    k = jax.random.normal(jax.random.key(2), (kernel, kernel, cin, cout))
+
+    def conv(x, k):
+        return tileconv.conv2d_tiles(x, k, None, padding)
+
+    def plain(x, k):
+        return im2col.plain_conv(x, k, 1, padding)
+
+    want, want_vjp = jax.vjp(plain, x, k)
+    np.testing.assert_allclose(conv(x, k), want, rtol=0, atol=1e-4)
+    got, got_vjp = jax.vjp(conv, x, k)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    dy = jax.random.normal(jax.random.key(3), want.shape)
+    for g, w in zip(got_vjp(dy), want_vjp(dy), strict=True):
+        np.testing.assert_allclose(g, w, rtol=0, atol=2e-6 * np.abs(w).max() + 1e-5)
+    _, h, w, _ = want.shape
+    bw = tileconv.tile_width(w)
+    tiles = -(-w // bw)
+    gemm = f"f32[{2 * h * tiles},{bw * cout}]"  # P @ T: a tile of bw pixels a row
+    assert gemm in str(jax.make_jaxpr(lambda x: jax.vjp(conv, x, k)[0])(x))
+    channel_major = cin == 1 and cout <= im2col.CHANNEL_MAJOR_MAX_OUT
+    rows = 2 * h * w
+    assert (f"f32[{cout},{rows}]" in str(jax.make_jaxpr(lambda x: conv(x, k))(x))) == channel_major
+
+
+def test_tile_form_applies_to_first_convolutions():
+    """``auto``: the seeds' first convolutions (1 or 3 input channels, at most 20
+    output channels), not convnet's 1 -> 32 nor the later ones; ``tiles`` wherever
+    it is worth having (stride 1, a kernel wider than one column); the tile width is the
+    first of 4 and 2 that divides the output's width."""
+    assert tileconv.applies("auto", (5, 5, 3, 16), 1)  # cifar_cnn's conv1
+    assert tileconv.applies("auto", (5, 5, 1, 10), 1)  # mnist_cnn's
+    assert tileconv.applies("auto", (3, 3, 1, 6), 1)  # blitz_net's
+    assert not tileconv.applies("auto", (3, 3, 1, 32), 1)  # convnet's
+    assert not tileconv.applies("auto", (5, 5, 16, 32), 1)
+    assert tileconv.applies("tiles", (5, 5, 16, 32), 1)
+    assert not tileconv.applies("tiles", (5, 1, 16, 32), 1)  # one column: no overlap to share
+    assert not tileconv.applies("tiles", (1, 1, 16, 32), 1)
+    assert not tileconv.applies("tiles", (3, 3, 1, 6), 2)
+    assert not tileconv.applies("rows", (5, 5, 1, 10), 1)
+    assert not tileconv.applies("full", (5, 5, 1, 10), 1)
+    assert [tileconv.tile_width(w) for w in (28, 30, 24, 13)] == [4, 2, 4, 4]
 
 
 @pytest.mark.parametrize(

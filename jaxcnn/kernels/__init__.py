@@ -11,21 +11,25 @@ import jax
 from flax import linen
 
 from jaxcnn.compute import POOLS, Compute
+from jaxcnn.kernels import rowconv, tileconv
 from jaxcnn.kernels.im2col import conv2d_gemm_wgrad, conv2d_im2col
 from jaxcnn.kernels.pallas_wgrad import conv2d_pallas_wgrad
 from jaxcnn.kernels.pool import avg_pool_shifted, max_pool_reshape
-from jaxcnn.kernels.rowconv import applies, conv2d_rows
 
 
 def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.Array:
     """``F.conv2d`` as ``compute.conv`` says: [N,H,W,C] x HWIO (+ bias) -> [N,H',W',O].
 
     ``"xla"`` is ``nnx.Conv``'s own call and is made by the layer itself. Under
-    ``"im2col"``, ``compute.patch_form`` picks the full patch matrix or the row form
-    per convolution (:func:`~jaxcnn.kernels.rowconv.applies`).
+    ``"im2col"``, ``compute.patch_form`` picks the full patch matrix, the tiles or the
+    row form per convolution (:func:`~jaxcnn.kernels.tileconv.applies`,
+    :func:`~jaxcnn.kernels.rowconv.applies`).
     """
-    if compute.conv == "im2col" and applies(compute.patch_form, kernel.shape, stride):
-        return conv2d_rows(x, kernel, bias, padding)
+    form = compute.patch_form
+    if compute.conv == "im2col" and tileconv.applies(form, kernel.shape, stride):
+        return tileconv.conv2d_tiles(x, kernel, bias, padding)
+    if compute.conv == "im2col" and rowconv.applies(form, kernel.shape, stride):
+        return rowconv.conv2d_rows(x, kernel, bias, padding)
     if compute.conv == "im2col":
         return conv2d_im2col(x, kernel, bias, stride, padding, compute.dx_form)
     if compute.conv == "gemm_wgrad":

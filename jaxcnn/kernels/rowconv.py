@@ -46,13 +46,13 @@ ROWS_RATIO = 1.25
 def applies(requested: str, kernel_shape, stride: int) -> bool:
     """Whether a convolution of ``kernel_shape`` (HWIO) runs in the row form.
 
-    ``requested`` is ``Compute.patch_form``: ``"full"`` never, ``"rows"``
+    ``requested`` is ``Compute.patch_form``: ``"full"`` and ``"tiles"`` never, ``"rows"``
     wherever the form exists (stride 1, a kernel more than one row and one column
     wide; more than one input channel, or the kw-wide patches would be the input's
     own width), ``"auto"`` there and where it writes little enough (:data:`ROWS_RATIO`).
     """
     kh, kw, cin, cout = kernel_shape
-    if requested == "full" or stride != 1 or kh == 1 or kw == 1 or cin == 1:
+    if requested not in ("auto", "rows") or stride != 1 or kh == 1 or kw == 1 or cin == 1:
         return False
     return requested == "rows" or kw * cin + kh * cout <= ROWS_RATIO * kh * kw * cin
 
