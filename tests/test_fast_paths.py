@@ -192,6 +192,20 @@ def test_row_form_matches_xla(kernel, padding, cin, cout):
     assert (f"f32[{cout},{rows}]" in str(jax.make_jaxpr(lambda x: conv(x, k))(x))) == channel_major
 
 
+def test_row_form_output_is_materialised_once():
+    """Under differentiation the row form's output passes through a conditional (XLA
+    fuses nothing across it), whose branches both give the values unchanged, NaN too."""
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+    k = jax.random.normal(jax.random.key(2), (3, 3, 4, 6))
+    traced = str(
+        jax.make_jaxpr(lambda x: jax.vjp(lambda x: rowconv.conv2d_rows(x, k, None, 1), x)[0])(x)
+    )
+    assert "cond[" in traced
+    a = jnp.array([[np.nan, 1.0], [2.0, -0.0]])
+    np.testing.assert_array_equal(rowconv.materialise(a), a)
+    np.testing.assert_array_equal(rowconv.materialise(a[::-1]), a[::-1])
+
+
 def test_row_form_applies_where_it_writes_little():
     """``auto``: not at a stride, for a 1x1 or one-channel input, nor for cifar_cnn's
     conv1 (3 -> 16, 5x5: 95 values a pixel against 75); the seeds' other convolutions."""
