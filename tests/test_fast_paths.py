@@ -192,18 +192,22 @@ def test_row_form_matches_xla(kernel, padding, cin, cout):
     assert (f"f32[{cout},{rows}]" in str(jax.make_jaxpr(lambda x: conv(x, k))(x))) == channel_major
 
 
-def test_row_form_output_is_materialised_once():
-    """Under differentiation the row form's output passes through a conditional (XLA
-    fuses nothing across it), whose branches both give the values unchanged, NaN too."""
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+@pytest.mark.parametrize("batch", [2, 1024])
+def test_row_form_output_is_materialised_once_if_large(batch):
+    """Under differentiation a large row-form output passes through a conditional (XLA
+    fuses nothing across it), whose branches both give the values unchanged; a small
+    one does not."""
+    x = jax.random.normal(jax.random.key(1), (batch, 8, 8, 4))
     k = jax.random.normal(jax.random.key(2), (3, 3, 4, 6))
-    traced = str(
-        jax.make_jaxpr(lambda x: jax.vjp(lambda x: rowconv.conv2d_rows(x, k, None, 1), x)[0])(x)
-    )
-    assert "cond[" in traced
+
+    def conv(x):
+        return rowconv.conv2d_rows(x, k, None, 1)
+
+    traced = str(jax.make_jaxpr(lambda x: jax.vjp(conv, x)[0])(x))
+    assert ("cond[" in traced) == (batch * 8 * 8 * 6 >= rowconv.MATERIALISE_MIN)
     a = jnp.array([[np.nan, 1.0], [2.0, -0.0]])
-    np.testing.assert_array_equal(rowconv.materialise(a), a)
-    np.testing.assert_array_equal(rowconv.materialise(a[::-1]), a[::-1])
+    for token in (jnp.ones(3), jnp.full((2, 2), np.nan)):  # either branch
+        np.testing.assert_array_equal(rowconv.materialise(a, token), a)
 
 
 def test_row_form_applies_where_it_writes_little():

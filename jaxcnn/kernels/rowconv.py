@@ -107,28 +107,35 @@ def _forward(x, kernel, padding):
 
 
 def _forward_materialised(x, kernel, padding):
-    """:func:`_forward` under differentiation, its output written out once (:func:`materialise`).
+    """:func:`_forward` under differentiation, a large output written out once
+    (:func:`materialise`).
 
     Left to itself, XLA:CPU fused the kh-shift sum into every consumer of the
     output, the ReLU and the max pool's transpose and argmax, each recomputing it
-    with the pads' index arithmetic. Whole training steps with the output
-    materialised, paired (2-core Zen 3 EPYC): cifar_cnn 1.13x, basic_cnn 1.12,
-    convnet 1.11, resnet 1.07, mnist_cnn 1.04, inception 1.02.
+    with the pads' index arithmetic. Whole training steps with every row-form
+    output materialised, paired (2-core Zen 3 EPYC, 8 rounds of 10 steps):
+    cifar_cnn 1.16x (conv2's output 1.6 M elements), mnist_cnn 1.08 (0.4 M),
+    convnet 1.03 (3.7 M); resnet, simple_cnn, blitz_net, basic_cnn and inception
+    (0.08-0.22 M) 0.98-1.02, lenet5 (0.16 M) 0.90: for a small output the
+    recomputing costs less than the conditional. Hence :data:`MATERIALISE_MIN`.
     """
     y, residuals = _forward(x, kernel, padding)
-    return materialise(y), residuals
+    return (materialise(y, kernel) if y.size >= MATERIALISE_MIN else y), residuals
 
 
-def materialise(a: jax.Array) -> jax.Array:
+MATERIALISE_MIN = 1 << 18  # elements of output from which the row form materialises it
+
+
+def materialise(a: jax.Array, token: jax.Array) -> jax.Array:
     """``a``, as the output of a conditional: XLA fuses nothing across one, so what made
     ``a`` is computed once and written out, not recomputed inside each consumer's fusion.
 
     ``lax.optimization_barrier`` does not do this on a CPU (XLA:CPU drops it before
-    fusing: steps within 3% of none). The predicate is read from ``a`` so it is not
-    a constant XLA could fold; both branches give ``a`` (a NaN too), so the values
-    are the same whichever runs.
+    fusing: steps within 3% of none). The predicate is read from ``token`` (the
+    kernel: replicated, so a batch-sharded program needs no collective for it) so
+    that XLA cannot fold it; both branches give ``a`` unchanged, whichever runs.
     """
-    first = a[(0,) * a.ndim]
+    first = token[(0,) * token.ndim]
     return lax.cond(first == first, lambda a: a, lambda a: a * 1, a)
 
 
