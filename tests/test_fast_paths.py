@@ -162,6 +162,23 @@ def test_conv_layer_matches_xla(kernel, stride, padding, impl, options):
         np.testing.assert_allclose(got, want, rtol=0, atol=max(1e-4, 2e-6 * np.abs(want).max()))
 
 
+def assert_stride1_conv_matches_xla(conv, x, k, padding):
+    """``conv(x, k)``'s output with and without a gradient taken, and both gradients,
+    against XLA's stride-1 convolution; returns XLA's output."""
+
+    def plain(x, k):
+        return im2col.plain_conv(x, k, 1, padding)
+
+    want, want_vjp = jax.vjp(plain, x, k)
+    np.testing.assert_allclose(conv(x, k), want, rtol=0, atol=1e-4)
+    got, got_vjp = jax.vjp(conv, x, k)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    dy = jax.random.normal(jax.random.key(3), want.shape)
+    for g, w in zip(got_vjp(dy), want_vjp(dy), strict=True):
+        np.testing.assert_allclose(g, w, rtol=0, atol=2e-6 * np.abs(w).max() + 1e-5)
+    return want
+
+
 @pytest.mark.parametrize(("cin", "cout"), [(3, 7), (24, 7), (3, 24)])
 @pytest.mark.parametrize(("kernel", "padding"), [(5, 2), (3, 0), (2, 1)])
 def test_row_form_matches_xla(kernel, padding, cin, cout):
@@ -174,16 +191,7 @@ def test_row_form_matches_xla(kernel, padding, cin, cout):
     def conv(x, k):
         return rowconv.conv2d_rows(x, k, None, padding)
 
-    def plain(x, k):
-        return im2col.plain_conv(x, k, 1, padding)
-
-    want, want_vjp = jax.vjp(plain, x, k)
-    np.testing.assert_allclose(conv(x, k), want, rtol=0, atol=1e-4)
-    got, got_vjp = jax.vjp(conv, x, k)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
-    dy = jax.random.normal(jax.random.key(3), want.shape)
-    for g, w in zip(got_vjp(dy), want_vjp(dy), strict=True):
-        np.testing.assert_allclose(g, w, rtol=0, atol=2e-6 * np.abs(w).max() + 1e-5)
+    want = assert_stride1_conv_matches_xla(conv, x, k, padding)
     input_rows = 2 * 13 * want.shape[2]  # not the padding rows, whose P and Z are zero
     z = f"f32[{input_rows},{kernel * cout}]"  # P @ W2: kh*O columns per input row
     assert z in str(jax.make_jaxpr(lambda x: jax.vjp(conv, x, k)[0])(x))
@@ -237,16 +245,7 @@ def test_tile_form_matches_xla(kernel, padding, cin, cout):
     def conv(x, k):
         return tileconv.conv2d_tiles(x, k, None, padding)
 
-    def plain(x, k):
-        return im2col.plain_conv(x, k, 1, padding)
-
-    want, want_vjp = jax.vjp(plain, x, k)
-    np.testing.assert_allclose(conv(x, k), want, rtol=0, atol=1e-4)
-    got, got_vjp = jax.vjp(conv, x, k)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
-    dy = jax.random.normal(jax.random.key(3), want.shape)
-    for g, w in zip(got_vjp(dy), want_vjp(dy), strict=True):
-        np.testing.assert_allclose(g, w, rtol=0, atol=2e-6 * np.abs(w).max() + 1e-5)
+    want = assert_stride1_conv_matches_xla(conv, x, k, padding)
     _, h, w, _ = want.shape
     bw = tileconv.tile_width(w)
     tiles = -(-w // bw)
