@@ -41,3 +41,8 @@ def test_a_failing_process_is_one_line(tmp_path):
     message = r"^the PyTorch script failed: error: no train-images-idx3-ubyte\[.gz\]"
     with pytest.raises(UserError, match=message):
         startup.timed(command, None)
+
+
+def test_a_colour_model_is_refused_before_any_process(tmp_path):
+    with pytest.raises(UserError, match="model 'cifar_cnn' takes 3-channel images"):
+        startup.run(["mlp", "cifar_cnn"], str(tmp_path / "nothing here"), 64, rounds=1)

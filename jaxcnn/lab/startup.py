@@ -35,6 +35,20 @@ def recipe_json(name: str) -> str:
     return json.dumps(fields)
 
 
+def check_grayscale(name: str) -> None:
+    """Both processes train on Fashion-MNIST: a model of colour images (``cifar_cnn``)
+    is refused before the first process starts, not minutes later when its turn comes."""
+    from jaxcnn import models
+    from jaxcnn.errors import UserError
+
+    channels = models.get_spec(name).input_shape[2]
+    if channels != 1:
+        raise UserError(
+            f"startup.py times Fashion-MNIST runs (1 channel); model '{name}' takes "
+            f"{channels}-channel images"
+        )
+
+
 def commands(name: str, data_dir: str, train_limit: int, workdir: Path) -> dict[str, list[str]]:
     """The two processes: jaxcnn's trainer and the PyTorch script, same data and recipe."""
     limit = ["--train-limit", str(train_limit)]
@@ -75,6 +89,7 @@ def run(model_names: list[str], data_dir: str, train_limit: int, rounds: int) ->
         raise UserError("--rounds and --train-limit must be at least 1")
     for name in model_names:  # every name checked before the first process starts
         train.get_config(name, "fashion_mnist", train_limit=train_limit)
+        check_grayscale(name)
     lines = [
         "| model | jaxcnn s (median) | PyTorch s (median) | speed ratio PyTorch / jaxcnn, paired |",
         "|---|---|---|---|",
