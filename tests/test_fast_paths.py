@@ -88,6 +88,54 @@ def test_fused_inception_traces_fewer_convolutions():
     ) > count_primitive(models.create("inception"), x, "dot_general")
 
 
+@pytest.mark.parametrize(("kernel", "padding"), [(5, 2), (3, 1), (3, 0)])
+def test_composed_pair_is_the_two_convolutions(kernel, padding):
+    """InceptionA's 1x1 -> kxk pair as one convolution (fuse under im2col): values and
+    all four gradients, with biases large enough that the border map matters."""
+    from jaxcnn.models.inception import compose_pair
+
+    rngs, im2 = nnx.Rngs(0), compute.Compute(conv="im2col", fuse=True)
+    first = layers.Conv2d(6, 16, 1, compute=im2, rngs=rngs)
+    second = layers.Conv2d(16, 24, kernel, padding=padding, compute=im2, rngs=rngs)
+    first.bias[...] = 3.0 + first.bias[...]
+    x = jax.random.normal(jax.random.key(4), (2, 9, 7, 6))
+
+    def loss(fn, first, second):
+        return jnp.sum(jnp.sin(fn(first, second)))
+
+    def composed(first, second):
+        return compose_pair(first, second, x, im2)
+
+    def plain(first, second):
+        return second(first(x))
+
+    want, want_grads = nnx.value_and_grad(loss, argnums=(1, 2))(plain, first, second)
+    got, got_grads = nnx.value_and_grad(loss, argnums=(1, 2))(composed, first, second)
+    np.testing.assert_allclose(composed(first, second), plain(first, second), atol=2e-5)
+    assert abs(float(got - want)) <= 1e-4 * abs(float(want)) + 1e-5
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        assert np.abs(g - w).max() <= 1e-5 * np.abs(w).max() + 1e-6
+
+
+def test_fused_im2col_inception_composes_the_pairs(monkeypatch):
+    """Under fuse and im2col an InceptionA runs 4 convolutions, not 7 (5 with the four
+    1x1s as one): the 1x1 -> 5x5 and 1x1 -> 3x3 pairs are one convolution each."""
+    block = models.create("inception", compute=compute.Compute(conv="im2col", fuse=True)).incep1
+    kernel_shapes = []
+    conv2d = kernels.conv2d
+
+    def recording(x, kernel, *args):
+        kernel_shapes.append(kernel.shape)
+        return conv2d(x, kernel, *args)
+
+    monkeypatch.setattr(kernels, "conv2d", recording)  # the layers' call and the block's
+    block(jnp.zeros((2, 12, 12, 10)))
+    # the two other 1x1s as one [1,1,10,40]; the composed 5x5 and 3x3 read the block's
+    # 10 input channels; branch3x3_3 as it was
+    want = [(1, 1, 10, 40), (5, 5, 10, 24), (3, 3, 10, 24), (3, 3, 24, 24)]
+    assert sorted(kernel_shapes) == sorted(want)
+
+
 @pytest.mark.parametrize("name", ["mnist_cnn", "inception", "resnet"])
 def test_im2col_traces_no_convolution(name):
     h, w, c = models.get_spec(name).input_shape
