@@ -92,7 +92,7 @@ def test_fused_inception_traces_fewer_convolutions():
 def test_composed_pair_is_the_two_convolutions(kernel, padding):
     """InceptionA's 1x1 -> kxk pair as one convolution (fuse under im2col): values and
     all four gradients, with biases large enough that the border map matters."""
-    from jaxcnn.models.inception import compose_pair
+    from jaxcnn.models.composition import compose_pair
 
     rngs, im2 = nnx.Rngs(0), compute.Compute(conv="im2col", fuse=True)
     first = layers.Conv2d(6, 16, 1, compute=im2, rngs=rngs)
@@ -134,6 +134,56 @@ def test_fused_im2col_inception_composes_the_pairs(monkeypatch):
     # 10 input channels; branch3x3_3 as it was
     want = [(1, 1, 10, 40), (5, 5, 10, 24), (3, 3, 10, 24), (3, 3, 24, 24)]
     assert sorted(kernel_shapes) == sorted(want)
+
+
+@pytest.mark.parametrize(("ka", "kb"), [(5, 5), (3, 5), (1, 3)])
+def test_chained_kernels_are_the_two_convolutions(ka, kb):
+    from jaxcnn.models.composition import chain_kernels
+
+    x = jax.random.normal(jax.random.key(5), (2, 13, 11, 3))
+    a = jax.random.normal(jax.random.key(6), (ka, ka, 3, 4))
+    b = jax.random.normal(jax.random.key(7), (kb, kb, 4, 5))
+    want = im2col.plain_conv(im2col.plain_conv(x, a, 1, 0), b, 1, 0)
+    got = im2col.plain_conv(x, chain_kernels(a, b), 1, 0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_incep1_then_conv2_as_convolutions_of_the_input():
+    """Inception's conv2(incep1(x)) under fuse and im2col: the same values and gradients
+    for every parameter of both, biases large enough that f(0) and the borders matter."""
+    fused = compute.Compute(conv="im2col", fuse=True)
+    model = models.create("inception", rngs=5, compute=fused)
+    for conv in (model.incep1.branch3x3_1, model.incep1.branch5x5_1, model.incep1.branch_pool):
+        conv.bias[...] = 2.0 + conv.bias[...]
+    x = jax.random.normal(jax.random.key(8), (3, 12, 12, 10))
+
+    def loss(model, composed):
+        y = model.incep1_conv2(x) if composed else model.conv2(model.incep1(x))
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, want), want_grads = nnx.value_and_grad(loss, has_aux=True)(model, False)
+    (_, got), got_grads = nnx.value_and_grad(loss, has_aux=True)(model, True)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    want_leaves = jax.tree_util.tree_leaves_with_path(want_grads)
+    for (path, w), g in zip(want_leaves, jax.tree.leaves(got_grads), strict=True):
+        assert np.abs(g - w).max() <= 1e-5 * np.abs(w).max() + 1e-7, jax.tree_util.keystr(path)
+
+
+def test_fused_im2col_inception_never_convolves_88_channels_of_a_batch(monkeypatch):
+    """conv2's 88-channel kernel meets only the one zero image of f(0); the batch
+    goes through the 9x9 kernel of incep1 and conv2 composed."""
+    model = models.create("inception", compute=compute.Compute(conv="im2col", fuse=True))
+    seen = []
+    conv2d = kernels.conv2d
+
+    def recording(x, kernel, *args):
+        seen.append((x.shape[0], kernel.shape))
+        return conv2d(x, kernel, *args)
+
+    monkeypatch.setattr(kernels, "conv2d", recording)
+    model(jnp.zeros((4, 28, 28, 1)))
+    assert (4, (9, 9, 10, 20)) in seen
+    assert {batch for batch, shape in seen if shape[2] == 88} == {1}
 
 
 @pytest.mark.parametrize("name", ["mnist_cnn", "inception", "resnet"])

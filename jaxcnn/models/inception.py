@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxcnn import kernels
 from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.models.base import SeedModel
+from jaxcnn.models.composition import chain_kernels, compose_pair, embed_kernel, pointwise
 from jaxcnn.models.layers import Conv2d, Linear, avg_pool2d, flatten_chw
 
 
@@ -103,35 +103,6 @@ class InceptionA(nnx.Module):
         return tuple(out + conv.bias[...] for out, conv in zip(outs, convs, strict=True))
 
 
-def compose_pair(first: Conv2d, second: Conv2d, x: jax.Array, compute: Compute) -> jax.Array:
-    """``second(first(x))`` for a 1x1 ``first`` and a stride-1 kxk ``second``, as one
-    convolution of ``x``.
-
-    The kernels compose: W[i,j,c,o] = sum_m W1[c,m] W2[i,j,m,o]. The first's bias
-    does not simply pass through: ``second`` zero-pads ``first(x)``, so the border
-    pixels see fewer taps of b1. Its contribution is the map
-    B[h,w,o] = sum of b1.W2[i,j,:,o] over the taps (i,j) that land inside the image,
-    built from two 0/1 masks, one per axis. Autodiff of the composition gives the
-    gradients of W1, b1, W2 and b2; the parameters stay the seed's.
-    """
-    w1, w2 = first.kernel[...][0, 0], second.kernel[...]  # [C, M], [k, k, M, O]
-    padding = second.torch_padding
-    y = kernels.conv2d(x, jnp.einsum("cm,ijmo->ijco", w1, w2), None, 1, padding, compute)
-    h, w, k = x.shape[1], x.shape[2], w2.shape[0]
-    inside_h, inside_w = (_taps_inside(size, k, padding) for size in (h, w))
-    bias_taps = jnp.einsum("m,ijmo->ijo", first.bias[...], w2)
-    bias_map = jnp.einsum("hi,wj,ijo->hwo", inside_h, inside_w, bias_taps)
-    return y + (bias_map + second.bias[...]).astype(y.dtype)
-
-
-def _taps_inside(size: int, k: int, padding: int) -> np.ndarray:
-    """[size', k] 0/1: whether tap i of output position p reads a pixel of the image
-    (0 <= p + i - padding < size), not the zero padding."""
-    out = size + 2 * padding - k + 1
-    read = np.arange(out)[:, None] + np.arange(k)[None, :] - padding
-    return ((read >= 0) & (read < size)).astype(np.float32)
-
-
 class Inception(SeedModel):
     """Seed 003 ``Model`` with ``incep1``/``incep2``; pool before ReLU as in the seed."""
 
@@ -146,7 +117,53 @@ class Inception(SeedModel):
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.max_pool(self.conv1(x)))  # 28 -> 24 -> 12, 10 channels
-        x = self.incep1(x)  # 88 channels
-        x = jax.nn.relu(self.max_pool(self.conv2(x)))  # 12 -> 8 -> 4, 20 channels
+        if self.compute.fuse and self.compute.conv == "im2col":
+            x = self.incep1_conv2(x)
+        else:
+            x = self.conv2(self.incep1(x))  # 88 channels, then 12 -> 8
+        x = jax.nn.relu(self.max_pool(x))  # 8 -> 4, 20 channels
         x = self.incep2(x)  # 88 x 4 x 4 = 1408
         return self.fc(flatten_chw(x))
+
+    def incep1_conv2(self, x: jax.Array) -> jax.Array:
+        """``conv2(incep1(x))`` under ``fuse`` and ``conv="im2col"``: the two are affine,
+        so their composition is f(x) = L(x) + f(0), and L is three convolutions of x.
+
+        conv2 reads the 88 channels in four slices, one per branch; for the 1x1, the
+        5x5 and the pool branch (an average pool is a 3x3 convolution with W/9 at every
+        tap) conv2's slice composes with the branch into one kernel
+        (:func:`~jaxcnn.models.composition.chain_kernels`), and the three sum into one
+        9x9 convolution of x, 10 -> 20 channels. The 3x3 branch's second 3x3 zero-pads
+        its input, so that branch runs as its two convolutions before conv2's slice.
+        f(0), biases and border effects included, is the seed's own layers on one
+        zero image. Per image, 3.8 M multiply-adds instead of 6.2 M (as the row form
+        computes them), and neither the 88-channel concatenate nor conv2's patches of it exist.
+
+        Inception's training step, paired against :meth:`InceptionA.composed` followed
+        by conv2 (2-core AMD EPYC, Zen 4, 2026-12-02, 10 rounds of 10 steps): 1.43x.
+        """
+        block, compute = self.incep1, self.compute
+        w2 = self.conv2.kernel[...]  # [5, 5, 88, 20], in the concatenate's channel order
+        w2_1x1, w2_5x5, w2_3x3, w2_pool = (w2[:, :, a:b] for a, b in BRANCH_CHANNELS)
+        k9 = _nine_by_nine(block, w2_1x1, w2_5x5, w2_pool)
+        w3x3 = pointwise(block.branch3x3_1, block.branch3x3_2.kernel[...])
+        v = kernels.conv2d(x, w3x3, None, 1, 1, compute)
+        v = kernels.conv2d(v, block.branch3x3_3.kernel[...], None, 1, 1, compute)
+        y = kernels.conv2d(x, k9, None, 1, 2, compute)
+        y += kernels.conv2d(v, w2_3x3, None, 1, 0, compute)
+        return y + self.conv2(block(jnp.zeros((1, *x.shape[1:]), x.dtype)))
+
+
+def _nine_by_nine(block: InceptionA, w2_1x1, w2_5x5, w2_pool) -> jax.Array:
+    """conv2's slices for the 1x1, 5x5 and pool branches composed with them: one 9x9
+    kernel over the block's input at padding 2 (the 1x1's 5x5 at padding 0 and the
+    pool's 7x7 at padding 1, centred)."""
+    k9 = chain_kernels(pointwise(block.branch5x5_1, block.branch5x5_2.kernel[...]), w2_5x5)
+    k9 += embed_kernel(pointwise(block.branch1x1, w2_1x1), 9)
+    pool = block.branch_pool.kernel[...][0, 0] / 9.0  # [C, 24] at each of the 3x3 taps
+    pool = jnp.broadcast_to(pool, (3, 3, *pool.shape))
+    return k9 + embed_kernel(chain_kernels(pool, w2_pool), 9)
+
+
+# incep1's output channels per branch, in the concatenate's order (1x1, 5x5, 3x3, pool)
+BRANCH_CHANNELS = ((0, 16), (16, 40), (40, 64), (64, 88))
