@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxcnn import kernels
@@ -20,8 +21,9 @@ class InceptionA(nnx.Module):
     channel order the next conv was trained on, so it is the seed's order.
 
     ``compute.fuse`` computes the four 1x1 convolutions that read the block's
-    input as one wider matmul and splits after (see :meth:`fused_1x1`); the
-    parameters stay the seed's.
+    input as one wider matmul and splits after (see :meth:`fused_1x1`), or under
+    ``conv="im2col"`` composes two of them with the convolutions they feed
+    (:meth:`composed`); the parameters stay the seed's.
     """
 
     def __init__(self, in_channels: int, *, compute: Compute = PLAIN, rngs: nnx.Rngs):
@@ -144,7 +146,7 @@ class Inception(SeedModel):
         """
         block, compute = self.incep1, self.compute
         w2 = self.conv2.kernel[...]  # [5, 5, 88, 20], in the concatenate's channel order
-        w2_1x1, w2_5x5, w2_3x3, w2_pool = (w2[:, :, a:b] for a, b in BRANCH_CHANNELS)
+        w2_1x1, w2_5x5, w2_3x3, w2_pool = jnp.split(w2, _branch_ends(block), axis=2)
         k9 = _nine_by_nine(block, w2_1x1, w2_5x5, w2_pool)
         w3x3 = pointwise(block.branch3x3_1, block.branch3x3_2.kernel[...])
         v = kernels.conv2d(x, w3x3, None, 1, 1, compute)
@@ -165,5 +167,8 @@ def _nine_by_nine(block: InceptionA, w2_1x1, w2_5x5, w2_pool) -> jax.Array:
     return k9 + embed_kernel(chain_kernels(pool, w2_pool), 9)
 
 
-# incep1's output channels per branch, in the concatenate's order (1x1, 5x5, 3x3, pool)
-BRANCH_CHANNELS = ((0, 16), (16, 40), (40, 64), (64, 88))
+def _branch_ends(block: InceptionA) -> list[int]:
+    """Where each branch's channels end in the block's output, but the last: the
+    concatenate's order (1x1, 5x5, 3x3, pool), [16, 40, 64] for the seed's widths."""
+    last = (block.branch1x1, block.branch5x5_2, block.branch3x3_3)
+    return np.cumsum([conv.out_features for conv in last]).tolist()
