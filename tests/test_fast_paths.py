@@ -117,19 +117,27 @@ def test_composed_pair_is_the_two_convolutions(kernel, padding):
         assert np.abs(g - w).max() <= 1e-5 * np.abs(w).max() + 1e-6
 
 
-def test_fused_im2col_inception_composes_the_pairs(monkeypatch):
-    """Under fuse and im2col an InceptionA runs 4 convolutions, not 7 (5 with the four
-    1x1s as one): the 1x1 -> 5x5 and 1x1 -> 3x3 pairs are one convolution each."""
-    block = models.create("inception", compute=compute.Compute(conv="im2col", fuse=True)).incep1
-    kernel_shapes = []
+@pytest.fixture
+def conv_calls(monkeypatch) -> list[tuple[int, tuple]]:
+    """(batch, kernel shape) of every ``kernels.conv2d`` call, the layers' and the
+    composed forms' alike, in the order made."""
+    calls = []
     conv2d = kernels.conv2d
 
     def recording(x, kernel, *args):
-        kernel_shapes.append(kernel.shape)
+        calls.append((x.shape[0], kernel.shape))
         return conv2d(x, kernel, *args)
 
-    monkeypatch.setattr(kernels, "conv2d", recording)  # the layers' call and the block's
+    monkeypatch.setattr(kernels, "conv2d", recording)
+    return calls
+
+
+def test_fused_im2col_inception_composes_the_pairs(conv_calls):
+    """Under fuse and im2col an InceptionA runs 4 convolutions, not 7 (5 with the four
+    1x1s as one): the 1x1 -> 5x5 and 1x1 -> 3x3 pairs are one convolution each."""
+    block = models.create("inception", compute=compute.Compute(conv="im2col", fuse=True)).incep1
     block(jnp.zeros((2, 12, 12, 10)))
+    kernel_shapes = [shape for _, shape in conv_calls]
     # the two other 1x1s as one [1,1,10,40]; the composed 5x5 and 3x3 read the block's
     # 10 input channels; branch3x3_3 as it was
     want = [(1, 1, 10, 40), (5, 5, 10, 24), (3, 3, 10, 24), (3, 3, 24, 24)]
@@ -169,21 +177,13 @@ def test_incep1_then_conv2_as_convolutions_of_the_input():
         assert np.abs(g - w).max() <= 1e-5 * np.abs(w).max() + 1e-7, jax.tree_util.keystr(path)
 
 
-def test_fused_im2col_inception_never_convolves_88_channels_of_a_batch(monkeypatch):
+def test_fused_im2col_inception_never_convolves_88_channels_of_a_batch(conv_calls):
     """conv2's 88-channel kernel meets only the one zero image of f(0); the batch
     goes through the 9x9 kernel of incep1 and conv2 composed."""
     model = models.create("inception", compute=compute.Compute(conv="im2col", fuse=True))
-    seen = []
-    conv2d = kernels.conv2d
-
-    def recording(x, kernel, *args):
-        seen.append((x.shape[0], kernel.shape))
-        return conv2d(x, kernel, *args)
-
-    monkeypatch.setattr(kernels, "conv2d", recording)
     model(jnp.zeros((4, 28, 28, 1)))
-    assert (4, (9, 9, 10, 20)) in seen
-    assert {batch for batch, shape in seen if shape[2] == 88} == {1}
+    assert (4, (9, 9, 10, 20)) in conv_calls
+    assert {batch for batch, shape in conv_calls if shape[2] == 88} == {1}
 
 
 @pytest.mark.parametrize("name", ["mnist_cnn", "inception", "resnet"])

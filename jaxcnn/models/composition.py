@@ -18,6 +18,12 @@ from jaxcnn.compute import Compute
 from jaxcnn.models.layers import Conv2d
 
 
+def applies(compute: Compute) -> bool:
+    """Whether the composed forms run: under ``fuse`` with ``conv="im2col"`` (a CPU's
+    defaults), where they were measured; the GPU's ``fuse`` keeps the one matmul."""
+    return compute.fuse and compute.conv == "im2col"
+
+
 def pointwise(first: Conv2d, second: jax.Array) -> jax.Array:
     """The kernel of ``conv(first(x), second)`` for a 1x1 ``first``, biases aside:
     W[i,j,c,o] = sum_m W1[c,m] W2[i,j,m,o]."""

@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxcnn import kernels
 from jaxcnn.compute import PLAIN, Compute
+from jaxcnn.models import composition
 from jaxcnn.models.base import SeedModel
 from jaxcnn.models.composition import chain_kernels, compose_pair, embed_kernel, pointwise
 from jaxcnn.models.layers import Conv2d, Linear, avg_pool2d, flatten_chw
@@ -37,7 +38,7 @@ class InceptionA(nnx.Module):
         self.branch_pool = Conv2d(in_channels, 24, 1, compute=compute, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.compute.fuse and self.compute.conv == "im2col":
+        if composition.applies(self.compute):
             return self.composed(x)
         if self.compute.fuse:
             branch1x1, branch5x5, branch3x3, branch_pool = self.fused_1x1(x)
@@ -119,7 +120,7 @@ class Inception(SeedModel):
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.max_pool(self.conv1(x)))  # 28 -> 24 -> 12, 10 channels
-        if self.compute.fuse and self.compute.conv == "im2col":
+        if composition.applies(self.compute):
             x = self.incep1_conv2(x)
         else:
             x = self.conv2(self.incep1(x))  # 88 channels, then 12 -> 8
