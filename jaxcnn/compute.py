@@ -30,7 +30,7 @@ from jaxcnn.errors import UserError, first_line
 CONVS = ("xla", "im2col", "gemm_wgrad", "pallas_wgrad")  # jaxcnn.kernels.conv2d
 POOLS = ("xla", "reshape")  # jaxcnn.kernels.max_pool2d
 DX_FORMS = ("auto", "correlation", "col2im")  # jaxcnn.kernels.im2col
-PATCH_FORMS = ("auto", "full", "rows", "tiles")  # jaxcnn.kernels.{rowconv,tileconv}.applies
+PATCH_FORMS = ("auto", "full", "rows", "tiles", "winograd")  # jaxcnn.kernels.*.applies
 DTYPES = ("float32", "bfloat16")
 
 
@@ -76,8 +76,9 @@ class Compute:
     patch_form: str = _option(
         "auto",
         "im2col's patches: full (kh*kw taps), rows (kw taps, the row shifts summed after "
-        "the GEMM) or tiles (a tile of output columns a patch, the kernel block-Toeplitz); "
-        "rows and tiles at stride 1 only; auto: tiles for few channels (first "
+        "the GEMM), tiles (a tile of output columns a patch, the kernel block-Toeplitz) or "
+        "winograd (F(4x4, r x r) for 3x3 and 5x5 kernels, float32); "
+        "rows, tiles and winograd at stride 1 only; auto: tiles for few channels (first "
         "convolutions), rows where they write little enough",
         choices=PATCH_FORMS,
     )
@@ -111,6 +112,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "xla": {"conv": "xla", "pool": "xla"},  # the plain form
     "im2col": {"conv": "im2col"},
     "im2col_full": {"conv": "im2col", "patch_form": "full"},  # the full patch matrix only
+    "winograd": {"conv": "im2col", "patch_form": "winograd"},  # F(4x4, 3x3 or 5x5) where it exists
     "fused": {"fuse": True},
     "fused+im2col": {"fuse": True, "conv": "im2col"},
     "gemm_wgrad": {"conv": "gemm_wgrad"},

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from jaxcnn import UserError, compute, kernels, models, train
-from jaxcnn.kernels import im2col, rowconv, tileconv
+from jaxcnn.kernels import im2col, rowconv, tileconv, winograd
 from jaxcnn.models import layers
 from jaxcnn.objectives import seed_loss
 from tests.helpers import full_float32, variant  # noqa: F401 (fixture)
@@ -516,3 +516,51 @@ def test_shifted_avg_pool_matches_xla(kernel, padding):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got_dx, want_dx, rtol=0, atol=1e-6)
     assert "reduce_window" in plain and "reduce_window" not in shifted
+
+
+@pytest.mark.parametrize(("cin", "cout"), [(3, 7), (16, 24)])
+@pytest.mark.parametrize(("kernel", "padding"), [(3, 0), (3, 1), (5, 2)])
+def test_winograd_matches_xla(kernel, padding, cin, cout):
+    """Winograd's F(4x4, r x r): output and both gradients against XLA's convolution,
+    on 13x11 (no multiple of the tile: the last tiles are cropped), and the batched
+    GEMM over the (4+r-1)^2 positions is what it traces."""
+    x = jax.random.normal(jax.random.key(1), (2, 13, 11, cin))
+    k = jax.random.normal(jax.random.key(2), (kernel, kernel, cin, cout))
+    assert winograd.applies("winograd", k.shape, 1, x.dtype)
+
+    def conv(x, k):
+        return winograd.conv2d_winograd(x, k, None, padding)
+
+    def plain(x, k):
+        return im2col.plain_conv(x, k, 1, padding)
+
+    want, want_vjp = jax.vjp(plain, x, k)
+    got, got_vjp = jax.vjp(conv, x, k)
+    dy = jax.random.normal(jax.random.key(3), want.shape)
+    pairs = [(conv(x, k), want), (got, want), *zip(got_vjp(dy), want_vjp(dy), strict=True)]
+    for g, w in pairs:
+        # the transforms' rounding: a few 1e-6 of the largest value (module docstring)
+        assert g.shape == w.shape and np.abs(g - w).max() <= 1e-5 * np.abs(w).max()
+    positions = (winograd.TILE[kernel] + kernel - 1) ** 2
+    assert f"f32[{positions},{cin},{cout}]" in str(jax.make_jaxpr(conv)(x, k))
+
+
+@pytest.mark.parametrize("r", sorted(winograd.TILE))
+def test_winograd_transforms_give_the_correlation(r):
+    """A^T ((G g) * (B^T d)) is the correlation of d with g, in float64, for random g, d."""
+    m = winograd.TILE[r]
+    at, g, bt = winograd.transforms(m, r)
+    rng = np.random.default_rng(0)
+    kernel, data = rng.normal(size=r), rng.normal(size=m + r - 1)
+    want = np.correlate(data, kernel, mode="valid")
+    np.testing.assert_allclose(at @ ((g @ kernel) * (bt @ data)), want, rtol=0, atol=1e-12)
+
+
+def test_winograd_only_where_it_exists():
+    assert not winograd.applies("winograd", (3, 3, 8, 8), 2, jnp.float32)  # stride 2
+    assert not winograd.applies("winograd", (3, 3, 8, 8), 1, jnp.bfloat16)
+    assert not winograd.applies("winograd", (3, 3, 1, 8), 1, jnp.float32)  # one input channel
+    assert not winograd.applies("auto", (3, 3, 8, 8), 1, jnp.float32)  # few channels
+    assert not winograd.applies("rows", (3, 3, 32, 64), 1, jnp.float32)
+    assert not winograd.applies("auto", (3, 3, 32, 64), 1, jnp.float32)  # opt-in only
+    assert winograd.applies("winograd", (5, 5, 8, 8), 1, jnp.float32)
