@@ -78,8 +78,9 @@ class Compute:
         "im2col's patches: full (kh*kw taps), rows (kw taps, the row shifts summed after "
         "the GEMM), tiles (a tile of output columns a patch, the kernel block-Toeplitz) or "
         "winograd (F(4x4, r x r) for 3x3 and 5x5 kernels, float32); "
-        "rows, tiles and winograd at stride 1 only; auto: tiles for few channels (first "
-        "convolutions), rows where they write little enough",
+        "rows, tiles and winograd at stride 1 only; auto: winograd for enough channels "
+        "(r*r*C*O >= 4000), tiles for few (first convolutions), rows where they write "
+        "little enough",
         choices=PATCH_FORMS,
     )
     # XLA compiler options for the training and evaluation programs, as (name, value)

@@ -526,7 +526,7 @@ def test_winograd_matches_xla(kernel, padding, cin, cout):
     GEMM over the (4+r-1)^2 positions is what it traces."""
     x = jax.random.normal(jax.random.key(1), (2, 13, 11, cin))
     k = jax.random.normal(jax.random.key(2), (kernel, kernel, cin, cout))
-    assert winograd.applies("winograd", k.shape, 1, x.dtype)
+    assert winograd.applies("winograd", k.shape, 1, x.dtype, x.shape, padding)
 
     def conv(x, k):
         return winograd.conv2d_winograd(x, k, None, padding)
@@ -556,11 +556,23 @@ def test_winograd_transforms_give_the_correlation(r):
     np.testing.assert_allclose(at @ ((g @ kernel) * (bt @ data)), want, rtol=0, atol=1e-12)
 
 
-def test_winograd_only_where_it_exists():
-    assert not winograd.applies("winograd", (3, 3, 8, 8), 2, jnp.float32)  # stride 2
-    assert not winograd.applies("winograd", (3, 3, 8, 8), 1, jnp.bfloat16)
-    assert not winograd.applies("winograd", (3, 3, 1, 8), 1, jnp.float32)  # one input channel
-    assert not winograd.applies("auto", (3, 3, 8, 8), 1, jnp.float32)  # few channels
-    assert not winograd.applies("rows", (3, 3, 32, 64), 1, jnp.float32)
-    assert not winograd.applies("auto", (3, 3, 32, 64), 1, jnp.float32)  # opt-in only
-    assert winograd.applies("winograd", (5, 5, 8, 8), 1, jnp.float32)
+@pytest.mark.parametrize(
+    ("form", "kernel", "stride", "dtype", "x", "padding", "runs"),
+    [
+        ("winograd", (5, 5, 8, 8), 1, jnp.float32, (2, 12, 12, 8), 0, True),
+        ("winograd", (3, 3, 8, 8), 2, jnp.float32, (2, 12, 12, 8), 0, False),  # stride 2
+        ("winograd", (3, 3, 8, 8), 1, jnp.bfloat16, (2, 12, 12, 8), 0, False),
+        ("winograd", (3, 3, 1, 8), 1, jnp.float32, (2, 12, 12, 1), 0, False),  # one channel
+        ("winograd", (1, 1, 8, 8), 1, jnp.float32, (2, 12, 12, 8), 0, False),  # no such F(m, 1)
+        ("rows", (3, 3, 32, 64), 1, jnp.float32, (100, 26, 26, 32), 0, False),
+        # auto: convnet's conv2 and resnet's 5x5 (enough work), not resnet's 3x3 16 -> 16
+        # (too little) nor mnist_cnn's conv2 (a 14x14 output in 4x4 tiles: 1.31x covered)
+        ("auto", (3, 3, 32, 64), 1, jnp.float32, (100, 26, 26, 32), 0, True),
+        ("auto", (5, 5, 16, 32), 1, jnp.float32, (64, 12, 12, 16), 0, True),
+        ("auto", (3, 3, 16, 16), 1, jnp.float32, (64, 12, 12, 16), 1, False),
+        ("auto", (5, 5, 10, 20), 1, jnp.float32, (100, 14, 14, 10), 2, False),
+        ("auto", (5, 5, 10, 20), 1, jnp.float32, (64, 12, 12, 10), 0, True),
+    ],
+)
+def test_where_winograd_runs(form, kernel, stride, dtype, x, padding, runs):
+    assert winograd.applies(form, kernel, stride, dtype, x, padding) == runs

@@ -26,7 +26,9 @@ def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.
     :func:`~jaxcnn.kernels.tileconv.applies`, :func:`~jaxcnn.kernels.rowconv.applies`).
     """
     form = compute.patch_form
-    if compute.conv == "im2col" and winograd.applies(form, kernel.shape, stride, x.dtype):
+    if compute.conv == "im2col" and winograd.applies(
+        form, kernel.shape, stride, x.dtype, x.shape, padding
+    ):
         return winograd.conv2d_winograd(x, kernel, bias, padding)
     form = "auto" if form == "winograd" else form  # where Winograd's form does not exist
     if compute.conv == "im2col" and tileconv.applies(form, kernel.shape, stride):

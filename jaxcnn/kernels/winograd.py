@@ -15,10 +15,10 @@ slices, written out once each (a stage per axis). The backward transposes
 every step, all linear: dM = A dY A^T, dU = V^T dM, dV = dM U^T, and dx is
 B dV B^T added back where the tiles overlap (pads of the tile axis, summed).
 
-The matrices are Toom-Cook's for the points 0, +-1, +-2, +-1/2 and infinity
+The matrices are Toom-Cook's for the points of :data:`POINTS` and infinity
 (:func:`transforms`). In float32 the results are within a few 1e-6 of the
-direct form, relative to the largest value (``tests/test_fast_paths.py``):
-more rounding than the GEMM forms, inside the parity tolerances.
+direct form, relative to the largest value (``tests/test_fast_paths.py``), and
+the seeds' gradients are as near torch's as the GEMM forms' are (parity tests).
 """
 
 from __future__ import annotations
@@ -32,27 +32,42 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)  # Toom-Cook's finite points, in order
+# Toom-Cook's finite points, in order; F(m, r) takes the first m + r - 2. F(4x4, 3x3) on
+# 0, +-1, +-2 (Lavin's) left convnet's conv2 weight gradient 5.7e-3 from the float64
+# answer, relative to its largest entry; on 0, +-1, 1/2, -2 it is 1.6e-6, as near as
+# torch's own float32 (1.0e-6; parity/test_fast_paths.py holds it to the CPU bound).
+POINTS = (0.0, 1.0, -1.0, 0.5, -2.0, 2.0, -0.5)
 TILE = {3: 4, 5: 4}  # kernel size r -> output tile m
 BATCHED = (((2,), (1,)), ((0,), (0,)))  # [e, P, K] x [e, K, N] -> [e, P, N]
 
 
-def applies(requested: str, kernel_shape, stride: int, dtype) -> bool:
-    """Whether a convolution of ``kernel_shape`` (HWIO) runs as Winograd's F(m, r).
+# ``"auto"`` takes Winograd's form for a convolution with at least WORK_MIN
+# multiply-adds per output pixel (r * r * C * O) whose tiles cover at most WASTE_MAX
+# times its output. Measured per convolution, forward and both gradients against the
+# automatic GEMM forms, at the seeds' shapes and batch sizes (2-core Zen 3 EPYC,
+# docs/speed.md): 1.05-1.82x faster at 4,320 and above (convnet's conv2 1.69x, resnet's
+# 5x5 1.82x, cifar_cnn's conv2 1.40x), 0.60-0.88x below 2,400 (the transforms cost
+# more than the GEMM saves), and 0.78x for mnist_cnn's 14x14 output that 4x4 tiles
+# cover 1.31 times.
+WORK_MIN = 4000
+WASTE_MAX = 1.2
+
+
+def applies(requested: str, kernel_shape, stride: int, dtype, x_shape, padding: int) -> bool:
+    """Whether a convolution of ``kernel_shape`` (HWIO) on ``x_shape`` (NHWC) runs as F(m, r).
 
     ``requested`` is ``Compute.patch_form``: ``"winograd"`` wherever the form exists
     (stride 1, a square kernel of a size in :data:`TILE`, more than one input channel,
-    float32: in bfloat16 the transforms' rounding would be ~1e-2). Not ``"auto"`` yet:
-    faster (whole training steps against the automatic forms, paired, 2-core Zen 3
-    EPYC, 6 rounds of 10 steps: convnet 1.33x, resnet 1.58x, cifar_cnn 0.98-1.07x),
-    but a first layer's weight gradient, a sum with heavy cancellation of products
-    with this form's dx, then differs from torch's by ~1.5e-3 of its largest value
-    (convnet's conv1), and convnet's conv2 weight gradient by 5.7e-3: past the CPU
-    parity bound (``parity/tolerances.py``).
+    float32: in bfloat16 the transforms' rounding would be ~1e-2), ``"auto"`` there
+    for the convolutions it is measured to speed up (:data:`WORK_MIN`, :data:`WASTE_MAX`).
     """
-    kh, kw, cin, _ = kernel_shape
+    kh, kw, cin, cout = kernel_shape
     exists = stride == 1 and kh == kw and kh in TILE and cin > 1 and dtype == jnp.float32
-    return requested == "winograd" and exists
+    if requested == "winograd" or not exists:
+        return requested == "winograd" and exists
+    m, (th, tw), (h_out, w_out), _ = _geometry(x_shape, kernel_shape, padding)
+    covered = (m * th * m * tw) / (h_out * w_out)
+    return requested == "auto" and kh * kw * cin * cout >= WORK_MIN and covered <= WASTE_MAX
 
 
 def conv2d_winograd(
