@@ -63,11 +63,11 @@ def applies(requested: str, kernel_shape, stride: int, dtype, x_shape, padding: 
     """
     kh, kw, cin, cout = kernel_shape
     exists = stride == 1 and kh == kw and kh in TILE and cin > 1 and dtype == jnp.float32
-    if requested == "winograd" or not exists:
-        return requested == "winograd" and exists
+    if requested not in ("auto", "winograd") or not exists:
+        return False
     m, (th, tw), (h_out, w_out), _ = _geometry(x_shape, kernel_shape, padding)
     covered = (m * th * m * tw) / (h_out * w_out)
-    return requested == "auto" and kh * kw * cin * cout >= WORK_MIN and covered <= WASTE_MAX
+    return requested == "winograd" or (kh * kw * cin * cout >= WORK_MIN and covered <= WASTE_MAX)
 
 
 def conv2d_winograd(
