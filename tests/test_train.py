@@ -142,7 +142,7 @@ def test_a_kill_right_after_a_checkpoint_loses_no_metrics_row(idx_dir, tmp_path,
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(idx_dir, tmp_path):
-    config = small_config(idx_dir, lr=1e30, epochs=3)
+    config = small_config(idx_dir, lr=1e38, epochs=3)  # overflows float32 in one step
     with pytest.raises(experiment.NonFiniteLossError, match="loss became") as err:
         experiment.train_and_evaluate(config, tmp_path, progress=False)
     bad = int(re.search(r"of epoch (\d+);", str(err.value)).group(1))
