@@ -107,9 +107,10 @@ def test_every_model_compiles_for_an_h100_with_the_kernels_each_option_promises(
     has) is left out: its 6 of the 24 GPU compiles checked nothing the others do not,
     and this test was the suite's longest (448 s on the 2-core EPYC).
     """
+    convs = {"mnist_cnn": 2, "inception": 16, "resnet": 6}  # the models, and their convolutions
     out = tmp_path / "census"
     proc = run_script(
-        "gpu_census.py", "--models", "mnist_cnn", "inception", "resnet",
+        "gpu_census.py", "--models", *convs,
         "--no-variants", "--variant", "pallas:conv=pallas_wgrad",
         "--variant", "pallas_bf16:conv=pallas_wgrad,dtype=bfloat16",
         "--variant", "gemm:conv=gemm_wgrad", "--variant", "pool:pool=reshape",
@@ -120,7 +121,6 @@ def test_every_model_compiles_for_an_h100_with_the_kernels_each_option_promises(
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["environment"]["compiled_for"] == "NVIDIA H100 80GB HBM3"
     rows = {(r["model"], r["variant"]): r["per_step"] for r in result["rows"]}
-    convs = {"mnist_cnn": 2, "inception": 16, "resnet": 6}
     for name, count in convs.items():
         plain = rows[(name, "default")]
         assert plain.get("cuDNN conv weight grad", 0) > 0, name
