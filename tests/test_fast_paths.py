@@ -556,6 +556,32 @@ def test_winograd_transforms_give_the_correlation(r):
     np.testing.assert_allclose(at @ ((g @ kernel) * (bt @ data)), want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("r", sorted(winograd.TILE))
+def test_winograd_mix_is_the_plain_sum(r):
+    """``_mix`` in ``lax`` ops traces to the jaxpr of the ``jnp`` operators' sum (the
+    same program, cheaper to trace) and computes ``matrix @ parts``."""
+    _, _, bt = winograd.transforms(winograd.TILE[r], r)
+    parts = [jnp.full((2, 3), float(j + 1), jnp.float32) for j in range(len(bt))]
+
+    def plain(*parts):
+        out = []
+        for row in bt:
+            terms = [
+                p * float(c) if c not in (1, -1) else (p if c == 1 else -p)
+                for c, p in zip(row, parts, strict=True)
+                if abs(c) > 1e-12
+            ]
+            out.append(sum(terms[1:], terms[0]))
+        return out
+
+    def mixed(*parts):
+        return winograd._mix(bt, parts)
+
+    assert str(jax.make_jaxpr(mixed)(*parts)) == str(jax.make_jaxpr(plain)(*parts))
+    want = np.einsum("ij,jkl->ikl", bt, np.stack(parts))
+    np.testing.assert_allclose(np.stack(mixed(*parts)), want, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("form", "kernel", "stride", "dtype", "x", "padding", "runs"),
     [
