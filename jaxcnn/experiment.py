@@ -44,6 +44,7 @@ class Run:
     rows: list[dict] = dataclasses.field(default_factory=list)
     compile_seconds: float = 0.0
     eval_compile_seconds: float = 0.0
+    predicted: jax.Array | None = None  # the last evaluation's class per test image
     primary: bool = True  # process 0 of the run: the one that writes files and talks
 
     def log(self, message: str) -> None:
@@ -253,7 +254,9 @@ def run_epoch(run: Run, epoch_fn: train.ChunkedEpoch, eval_fn, epoch: int, bar=N
     seconds = time.perf_counter() - start
     losses = np.concatenate(parts)
     run.state = state
-    accuracy, test_loss = (float(v) for v in eval_fn(run.state.params, test_images, test_labels))
+    accuracy, test_loss, predicted = eval_fn(run.state.params, test_images, test_labels)
+    accuracy, test_loss = float(accuracy), float(test_loss)
+    run.predicted = predicted  # of run.state, for the prediction grid
     row = {
         "epoch": epoch,
         "train_loss": float(losses.mean()),
@@ -306,7 +309,10 @@ def finish(run: Run) -> dict[str, Any]:
         **report.environment(),
     }
     n = min(10, len(test.labels))
-    predicted = train.predict(run.program, run.state.params, test.images[:n])  # a collective
+    if run.predicted is not None:  # the last evaluation's, of this state
+        predicted = np.asarray(run.predicted[:n])
+    else:  # a resumed run with no epoch left to train
+        predicted = train.predict(run.program, run.state.params, test.images[:n])  # a collective
     if run.primary:
         report.write_json(run.workdir / "summary.json", summary)
         title = f"{config.model} on {config.dataset}"

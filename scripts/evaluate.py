@@ -38,7 +38,7 @@ def main() -> None:
         state = Checkpoints(workdir).restore(state, epoch)
     test = data.load(args.dataset, "test", args.data_dir)
     data.check_compatible(test, program.input_shape, args.model, args.dataset)
-    accuracy, loss = train.make_eval_fn(program)(
+    accuracy, loss, _ = train.make_eval_fn(program)(
         state.params, jax.device_put(test.images), jax.device_put(test.labels)
     )
     result = {

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcnn import UserError, checkpoint, compute, data, experiment, train
+from jaxcnn import UserError, checkpoint, compute, data, experiment, report, train
 from jaxcnn.checkpoint import Checkpoints
 from tests.helpers import ENV, ROOT, make_idx_dir, run_script
 
@@ -381,3 +381,20 @@ def test_a_chunked_epoch_computes_what_one_program_does(idx_dir, seconds, limit,
     np.testing.assert_array_equal(np.concatenate(parts), np.asarray(whole_losses))
     for x, y in zip(jax.tree.leaves(new_state), jax.tree.leaves(whole_state), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_prediction_grid_shows_the_trained_models_classes(idx_dir, tmp_path, monkeypatch):
+    """The grid's classes come from the last evaluation, and from their own program on a
+    resume with nothing left to train: both are what the final parameters predict."""
+    drawn = []
+    monkeypatch.setattr(report, "plot_predictions", lambda *a, **k: drawn.append(a[3]))
+    config = small_config(idx_dir, epochs=1)
+    experiment.train_and_evaluate(config, tmp_path / "run", progress=False)
+    experiment.train_and_evaluate(config, tmp_path / "run", progress=False, resume=True)
+    program, state = train.create_program(config)
+    params = Checkpoints(tmp_path / "run").restore(state).params
+    images = data.load("mnist", "test", str(idx_dir)).images[:10]
+    want = train.predict(program, params, images)
+    assert len(drawn) == 2 and len(set(want.tolist())) > 1, "a grid of one class proves little"
+    for predicted in drawn:
+        np.testing.assert_array_equal(predicted, want)
