@@ -13,17 +13,17 @@ from jaxcnn.errors import UserError
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxcnn" / "xla"
 
 
-def enable_compilation_cache() -> None:
+def enable_compilation_cache() -> Path | None:
     """JAX's persistent compilation cache, so a repeated run skips most compiling.
 
     Location: ``$JAXCNN_CACHE_DIR``, else ``~/.cache/jaxcnn/xla``; set
-    ``JAXCNN_CACHE_DIR=off`` to disable it.
+    ``JAXCNN_CACHE_DIR=off`` to disable it. Returns the directory (None: off).
     """
     import jax
 
     where = os.environ.get("JAXCNN_CACHE_DIR", str(DEFAULT_CACHE))
     if where.lower() == "off":
-        return
+        return None
     jax.config.update("jax_compilation_cache_dir", where)
     # Every program, however quick to compile: building a model runs dozens of
     # small eager init ops, each its own ~40 ms compile, and a threshold like
@@ -32,6 +32,15 @@ def enable_compilation_cache() -> None:
     # 2-core CPU (create: 5 s -> 0.9 s); a cold run is no slower. The whole
     # cache for all models is a few MB.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return Path(where)
+
+
+def executables(cache: Path | None):
+    """The trainer's compiled programs, kept in ``executables/`` of the compilation
+    cache (:mod:`jaxcnn.executables`): a warm run skips tracing them too."""
+    from jaxcnn.executables import Executables
+
+    return None if cache is None else Executables(cache / "executables")
 
 
 def run_main(main: Callable[[], None]) -> None:

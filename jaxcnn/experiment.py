@@ -22,6 +22,7 @@ from jaxcnn import data, memory, parallel, report, trace, train
 from jaxcnn import workdir as workdirs
 from jaxcnn.checkpoint import Checkpoints
 from jaxcnn.errors import UserError
+from jaxcnn.executables import Executables
 
 
 class NonFiniteLossError(UserError):
@@ -61,6 +62,7 @@ def train_and_evaluate(
     progress: bool = True,
     profile_dir: str | Path | None = None,
     hlo_dir: str | Path | None = None,
+    executables: Executables | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` to completion, evaluating and checkpointing after every epoch.
 
@@ -73,6 +75,7 @@ def train_and_evaluate(
         progress: show a progress bar over the steps.
         profile_dir: write a profiler trace of a few steady-state steps here.
         hlo_dir: write the optimized HLO of the epoch and eval functions here.
+        executables: load and keep the compiled programs there (the scripts' cache).
 
     Returns:
         The summary (also written to ``workdir/summary.json``).
@@ -80,7 +83,7 @@ def train_and_evaluate(
     workdir = Path(workdir).absolute()
     lock = workdirs.WorkdirLock(workdir)
     try:
-        run = start(config, workdir, lock, resume, init_model, profile_dir, hlo_dir)
+        run = start(config, workdir, lock, resume, init_model, profile_dir, hlo_dir, executables)
         epoch_fn, eval_fn = compile_programs(run, hlo_dir)
         train_epochs(run, epoch_fn, eval_fn, progress)
         run.ckpts.close()
@@ -94,11 +97,13 @@ def train_and_evaluate(
         lock.release()
 
 
-def start(config, workdir: Path, lock, resume: bool, init_model, profile_dir, hlo_dir) -> Run:
+def start(
+    config, workdir: Path, lock, resume: bool, init_model, profile_dir, hlo_dir, executables
+) -> Run:
     """Program, data and workdir (locked), checked in that order before any work is done."""
     primary = parallel.is_primary()
     with parallel.all_or_none():
-        program, state = train.create_program(config, init_model)
+        program, state = train.create_program(config, init_model, executables)
         # Data first: a run that cannot start leaves no half-made workdir behind.
         train_split, test_split = load_data(config, program.input_shape)
     with parallel.all_or_none():  # processes that see the workdir differently all stop
@@ -168,8 +173,9 @@ def compile_programs(run: Run, hlo_dir) -> tuple:
     with memory.out_of_memory_is_an_error(batch_size):
         epoch = train.make_chunked_epoch(run.program, run.state, images, labels)
         eval_fn, run.eval_compile_seconds = train.timed_compile(
-            train.make_eval_fn(run.program), run.state.params, test_images, test_labels
-        )
+            run.program, "eval", train.make_eval_fn(run.program), run.state.params, test_images,
+            test_labels,
+        )  # fmt: skip
     run.compile_seconds = epoch.compile_seconds
     memory.check_fits({"training": epoch.chunk or epoch.tail, "evaluation": eval_fn}, batch_size)
     if hlo_dir is not None and run.primary:

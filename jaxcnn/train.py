@@ -31,6 +31,7 @@ from flax import nnx
 from jaxcnn import compute, data, models, parallel
 from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.errors import UserError
+from jaxcnn.executables import Executables
 from jaxcnn.objectives import LOSSES, OPTIMIZERS, make_optimizer, seed_loss
 
 
@@ -144,6 +145,7 @@ class Program:
     config: Config
     input_shape: tuple[int, int, int]
     mesh: jax.sharding.Mesh | None = None  # data parallelism over the batch axis
+    executables: Executables | None = None  # compiled programs kept across runs
 
     def apply(self, params: nnx.State, images: jax.Array, key: jax.Array | None) -> jax.Array:
         """Float32 model outputs for uint8 images [B,H,W,C]; dropout on iff ``key`` is given.
@@ -172,6 +174,17 @@ class Program:
         options = dict(self.config.compute.xla_options) or None
         return jax.jit(fn, compiler_options=options, **kwargs)
 
+    def compile(self, name: str, jitted: Callable, *args: Any) -> Callable:
+        """``jitted`` (from :meth:`jit`) compiled for ``args``, or loaded from
+        ``executables`` without tracing; ``name`` tells this run's programs apart."""
+        if self.executables is None:
+            return jitted.lower(*args).compile()
+        context = self.config.to_json()
+        for unused in ("epochs", "data_dir", "train_limit"):  # not read by any program
+            del context[unused]
+        context["input_shape"] = list(self.input_shape)
+        return self.executables.compile(jitted, args, name=name, context=context)
+
 
 def with_dropout_key(rest: nnx.State, key: jax.Array) -> nnx.State:
     """``rest`` with every rng stream keyed from ``key`` (stream i gets fold_in(key, i)).
@@ -192,11 +205,13 @@ def with_dropout_key(rest: nnx.State, key: jax.Array) -> nnx.State:
 
 
 def create_program(
-    config: Config, init: nnx.Module | nnx.State | None = None
+    config: Config,
+    init: nnx.Module | nnx.State | None = None,
+    executables: Executables | None = None,
 ) -> tuple[Program, TrainState]:
     """The static program and the initial state: torch-default init from ``config.seed``,
     or the parameters of ``init``, a model (``parity.load_torch_checkpoint(...)``) or
-    its ``nnx.Param`` state.
+    its ``nnx.Param`` state. ``executables``: where compiled programs are kept.
 
     The model is built with ``config.compute`` placed on the run's mesh, so a
     kernel XLA cannot partition (Pallas) knows the devices it runs over.
@@ -211,7 +226,7 @@ def create_program(
         params = _checked_init(params, init)
     tx = make_optimizer(config.optimizer, config.lr, config.momentum)
     spec = models.get_spec(config.model)
-    program = Program(graphdef, rest, tx, config, spec.input_shape, mesh)
+    program = Program(graphdef, rest, tx, config, spec.input_shape, mesh, executables)
     state = TrainState(params, tx.init(params))
     if mesh is not None:
         state = jax.device_put(state, parallel.replicated(mesh))
@@ -405,7 +420,7 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
     groups = (n // batch_size) // unroll
     t0 = time.perf_counter()
     perm, keys = jax.eval_shape(lambda: epoch_order(program, n, 0))
-    order = program.jit(lambda epoch: epoch_order(program, n, epoch)).lower(0).compile()
+    order = program.compile("order", program.jit(lambda epoch: epoch_order(program, n, epoch)), 0)
     chunk = tail = None
     if groups:
 
@@ -415,15 +430,15 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
             return run_groups(program, state, images, labels, perm, keys, start, count)
 
         chunk = program.jit(chunk_fn, donate_argnums=0)
-        chunk = chunk.lower(state, images, labels, perm, keys, 0, 1).compile()
+        chunk = program.compile("chunk", chunk, state, images, labels, perm, keys, 0, 1)
     tail_start = groups * unroll
     if tail_start < n // batch_size or n % batch_size:
 
         def tail_fn(state, images, labels, perm, keys):
             return run_tail(program, state, images, labels, perm, keys, tail_start)
 
-        tail = program.jit(tail_fn, donate_argnums=0).lower(state, images, labels, perm, keys)
-        tail = tail.compile()
+        tail = program.jit(tail_fn, donate_argnums=0)
+        tail = program.compile("tail", tail, state, images, labels, perm, keys)
     steps = -(-n // batch_size)
     elapsed = time.perf_counter() - t0
     seconds = program.config.progress_seconds
@@ -469,8 +484,8 @@ def predict(program: Program, params: nnx.State, images: np.ndarray) -> np.ndarr
     return np.asarray(program.jit(program.apply)(params, jnp.asarray(images), None).argmax(axis=1))
 
 
-def timed_compile(fn: Callable, *args) -> tuple[Callable, float]:
-    """AOT-compile ``fn`` for ``args``; returns (compiled, seconds)."""
+def timed_compile(program: Program, name: str, fn: Callable, *args) -> tuple[Callable, float]:
+    """``program.compile(name, fn, *args)``; returns (compiled, seconds)."""
     start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = program.compile(name, fn, *args)
     return compiled, time.perf_counter() - start

@@ -6,7 +6,7 @@
 import argparse
 import json
 
-from jaxcnn.cli import add_data_flags, enable_compilation_cache, run_main
+from jaxcnn.cli import add_data_flags, enable_compilation_cache, executables, run_main
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="last line: a JSON object")
     args = parser.parse_args()
 
-    enable_compilation_cache()
+    cache = enable_compilation_cache()
     import jax
 
     from jaxcnn import data, train
@@ -30,17 +30,17 @@ def main() -> None:
         from parity import load_torch_checkpoint
 
         program, state = train.create_program(
-            config, load_torch_checkpoint(args.checkpoint, args.model)
+            config, load_torch_checkpoint(args.checkpoint, args.model), executables(cache)
         )
     else:
         workdir, epoch = find_checkpoint_dir(args.checkpoint)
-        program, state = train.create_program(config)
+        program, state = train.create_program(config, executables=executables(cache))
         state = Checkpoints(workdir).restore(state, epoch)
     test = data.load(args.dataset, "test", args.data_dir)
     data.check_compatible(test, program.input_shape, args.model, args.dataset)
-    accuracy, loss, _ = train.make_eval_fn(program)(
-        state.params, jax.device_put(test.images), jax.device_put(test.labels)
-    )
+    images, labels = jax.device_put(test.images), jax.device_put(test.labels)
+    evaluate = program.compile("eval", train.make_eval_fn(program), state.params, images, labels)
+    accuracy, loss, _ = evaluate(state.params, images, labels)
     result = {
         "model": args.model,
         "dataset": args.dataset,

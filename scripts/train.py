@@ -9,6 +9,7 @@ from jaxcnn.cli import (
     add_data_flags,
     add_impl_flags,
     enable_compilation_cache,
+    executables,
     exit_now,
     impl_overrides,
     run_main,
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
 
-    enable_compilation_cache()
+    cache = enable_compilation_cache()
     from jaxcnn import experiment, parallel, train
     from jaxcnn import workdir as workdirs
 
@@ -100,6 +101,7 @@ def main() -> None:
         progress=not args.no_progress,
         profile_dir=args.profile,
         hlo_dir=args.dump_hlo,
+        executables=executables(cache),
     )
     if parallel.is_primary():
         print(f"test accuracy {100 * summary['test_accuracy']:.2f}%; files in {workdir}")
