@@ -174,15 +174,18 @@ class Program:
         options = dict(self.config.compute.xla_options) or None
         return jax.jit(fn, compiler_options=options, **kwargs)
 
-    def compile(self, name: str, jitted: Callable, *args: Any) -> Callable:
+    def compile(self, name: str, jitted: Callable, *args: Any, **closure: Any) -> Callable:
         """``jitted`` (from :meth:`jit`) compiled for ``args``, or loaded from
-        ``executables`` without tracing; ``name`` tells this run's programs apart."""
+        ``executables`` without tracing. ``name`` tells this run's programs apart;
+        ``closure`` names every value the traced function closes over that neither the
+        config nor the arguments' shapes hold (an epoch's length, say): those values
+        are part of the program, so they are part of its key too."""
         if self.executables is None:
             return jitted.lower(*args).compile()
         context = self.config.to_json()
         for unused in ("epochs", "data_dir", "train_limit"):  # not read by any program
             del context[unused]
-        context["input_shape"] = list(self.input_shape)
+        context.update(input_shape=list(self.input_shape), closure=closure)
         return self.executables.compile(jitted, args, name=name, context=context)
 
 
@@ -420,7 +423,8 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
     groups = (n // batch_size) // unroll
     t0 = time.perf_counter()
     perm, keys = jax.eval_shape(lambda: epoch_order(program, n, 0))
-    order = program.compile("order", program.jit(lambda epoch: epoch_order(program, n, epoch)), 0)
+    order = program.jit(lambda epoch: epoch_order(program, n, epoch))
+    order = program.compile("order", order, 0, n=n)
     chunk = tail = None
     if groups:
 
@@ -430,7 +434,8 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
             return run_groups(program, state, images, labels, perm, keys, start, count)
 
         chunk = program.jit(chunk_fn, donate_argnums=0)
-        chunk = program.compile("chunk", chunk, state, images, labels, perm, keys, 0, 1)
+        args = (state, images, labels, perm, keys, 0, 1)
+        chunk = program.compile("chunk", chunk, *args, groups=groups)
     tail_start = groups * unroll
     if tail_start < n // batch_size or n % batch_size:
 
@@ -438,7 +443,7 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
             return run_tail(program, state, images, labels, perm, keys, tail_start)
 
         tail = program.jit(tail_fn, donate_argnums=0)
-        tail = program.compile("tail", tail, state, images, labels, perm, keys)
+        tail = program.compile("tail", tail, state, images, labels, perm, keys, start=tail_start)
     steps = -(-n // batch_size)
     elapsed = time.perf_counter() - t0
     seconds = program.config.progress_seconds

@@ -119,6 +119,22 @@ def test_the_trainers_programs_are_stored_and_give_the_same_epoch(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_another_dataset_size_gets_its_own_programs(tmp_path):
+    """The epoch's order program takes only the epoch; the dataset's size, which it closes
+    over, must still tell its programs apart (a 60,000-image run once loaded the
+    2,000-image run's order program and stopped at the first call)."""
+    config = train.get_config("simple_cnn", "mnist", progress_seconds=0.5)
+    program, state = train.create_program(config, executables=Executables(tmp_path))
+    for n in (200, 130, 200):
+        images = jnp.zeros((n, 28, 28, 1), jnp.uint8)
+        labels = jnp.zeros((n,), jnp.int32)
+        epoch = train.make_chunked_epoch(program, state, images, labels)
+        perm, _ = epoch.order(1)
+        assert perm.shape == (n,)
+        calls = list(epoch.calls(jax.tree.map(jnp.copy, state), images, labels, 1))
+        assert sum(len(c[1]) for c in calls) == -(-n // config.batch_size)
+
+
 def test_train_py_reuses_them_even_after_the_xla_cache_had_them(tmp_path):
     """An executable that JAX's own cache loaded cannot be stored again (it loses its
     kernels). Run 0 leaves the trainer's programs in the XLA cache only (no stored
