@@ -71,25 +71,37 @@ class Executables:
             payload = pickle.dumps(serialize_executable.serialize(compiled))
         except (ValueError, NotImplementedError, TypeError, pickle.PicklingError):
             return  # e.g. a program with captured constants: it is compiled each run
+        temporary = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as f:
+                temporary = Path(f.name)
                 f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
-            os.replace(f.name, path)
-            self.evict()
+            os.replace(temporary, path)
         except OSError as err:
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
             print(f"warning: cannot store a compiled program in '{self.directory}' "
                   f"({err.strerror or err}); it is compiled again next run",
                   file=sys.stderr)  # fmt: skip
+            return
+        self.evict()
 
     def evict(self) -> None:
-        """Delete the least recently used entries past ``max_bytes``."""
-        entries = sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in entries)
-        for path in entries[:-1]:  # the newest (just written) always stays
+        """Delete the least recently used entries past ``max_bytes`` (another run may be
+        deleting them too: a file gone already is skipped)."""
+        sizes = {}
+        for path in self.directory.glob(f"*{SUFFIX}"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            sizes[path] = (stat.st_mtime, stat.st_size)
+        total = sum(size for _, size in sizes.values())
+        for path in sorted(sizes, key=lambda p: sizes[p][0])[:-1]:  # the newest stays
             if total <= self.max_bytes:
                 break
-            total -= path.stat().st_size
+            total -= sizes[path][1]
             path.unlink(missing_ok=True)
 
 
@@ -121,15 +133,18 @@ def load(path: Path):
     header = len(MAGIC) + 32
     payload = raw[header:]
     if raw[: len(MAGIC)] != MAGIC or hashlib.sha256(payload).digest() != raw[len(MAGIC) : header]:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink()
         return None
     try:
         blob, in_tree, out_tree = pickle.loads(payload)
         compiled = serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
     except Exception:  # any failure to load is a miss, then a fresh compile
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink()
         return None
-    os.utime(path)  # recently used: evicted last
+    with contextlib.suppress(OSError):  # a read-only cache still serves
+        os.utime(path)  # recently used: evicted last
     return compiled
 
 
