@@ -180,13 +180,24 @@ class Program:
         ``closure`` names every value the traced function closes over that neither the
         config nor the arguments' shapes hold (an epoch's length, say): those values
         are part of the program, so they are part of its key too."""
+        return self.compile_all({name: (jitted, args, closure)})[name]
+
+    def compile_all(self, programs: dict[str, tuple[Callable, tuple, dict]]) -> dict:
+        """:meth:`compile` of each ``name: (jitted, args, closure)``, stored ones loaded
+        side by side."""
         if self.executables is None:
-            return jitted.lower(*args).compile()
+            return {
+                name: jitted.lower(*args).compile() for name, (jitted, args, _) in programs.items()
+            }
         context = self.config.to_json()
         for unused in ("epochs", "data_dir", "train_limit"):  # not read by any program
             del context[unused]
-        context.update(input_shape=list(self.input_shape), closure=closure)
-        return self.executables.compile(jitted, args, name=name, context=context)
+        context["input_shape"] = list(self.input_shape)
+        items = [
+            (jitted, args, name, {**context, "closure": closure})
+            for name, (jitted, args, closure) in programs.items()
+        ]
+        return dict(zip(programs, self.executables.compile_all(items), strict=True))
 
 
 def with_dropout_key(rest: nnx.State, key: jax.Array) -> nnx.State:
@@ -424,8 +435,7 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
     t0 = time.perf_counter()
     perm, keys = jax.eval_shape(lambda: epoch_order(program, n, 0))
     order = program.jit(lambda epoch: epoch_order(program, n, epoch))
-    order = program.compile("order", order, 0, n=n)
-    chunk = tail = None
+    programs = {"order": (order, (0,), {"n": n})}
     if groups:
 
         def chunk_fn(state, images, labels, perm, keys, start, count):
@@ -435,7 +445,7 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
 
         chunk = program.jit(chunk_fn, donate_argnums=0)
         args = (state, images, labels, perm, keys, 0, 1)
-        chunk = program.compile("chunk", chunk, *args, groups=groups)
+        programs["chunk"] = (chunk, args, {"groups": groups})
     tail_start = groups * unroll
     if tail_start < n // batch_size or n % batch_size:
 
@@ -443,7 +453,10 @@ def make_chunked_epoch(program: Program, state, images, labels) -> ChunkedEpoch:
             return run_tail(program, state, images, labels, perm, keys, tail_start)
 
         tail = program.jit(tail_fn, donate_argnums=0)
-        tail = program.compile("tail", tail, state, images, labels, perm, keys, start=tail_start)
+        args = (state, images, labels, perm, keys)
+        programs["tail"] = (tail, args, {"start": tail_start})
+    compiled = program.compile_all(programs)
+    order, chunk, tail = compiled["order"], compiled.get("chunk"), compiled.get("tail")
     steps = -(-n // batch_size)
     elapsed = time.perf_counter() - t0
     seconds = program.config.progress_seconds
