@@ -65,23 +65,29 @@ class Executables:
         paths = [self.directory / f"{key(n, c, a)}{SUFFIX}" for _, a, n, c in programs]
         with concurrent.futures.ThreadPoolExecutor(len(paths)) as pool:
             loaded = list(pool.map(load, paths))
-        compiled = []
+        compiled, problems = [], set()
         for (jitted, args, _, _), path, found in zip(programs, paths, loaded, strict=True):
             if found is None:
                 with fresh_compiles():
                     found = jitted.lower(*args).compile()
-                self.store(path, found)
+                problems.add(self.store(path, found))
             compiled.append(found)
+        problems.discard(None)
+        if problems:  # one line for the run, not one per program
+            print(f"warning: cannot store compiled programs in '{self.directory}' "
+                  f"({'; '.join(sorted(problems))}); they are compiled again next run",
+                  file=sys.stderr)  # fmt: skip
         return compiled
 
-    def store(self, path: Path, compiled) -> None:
-        """Write ``compiled`` atomically; a program that cannot be stored is simply not."""
+    def store(self, path: Path, compiled) -> str | None:
+        """Write ``compiled`` atomically; a program that cannot be serialized is simply not
+        stored. Returns why the file could not be written, or None."""
         from jax.experimental import serialize_executable
 
         try:
             payload = pickle.dumps(serialize_executable.serialize(compiled))
         except (ValueError, NotImplementedError, TypeError, pickle.PicklingError):
-            return  # e.g. a program with captured constants: it is compiled each run
+            return None  # e.g. a program with captured constants: it is compiled each run
         temporary = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -92,11 +98,9 @@ class Executables:
         except OSError as err:
             if temporary is not None:
                 temporary.unlink(missing_ok=True)
-            print(f"warning: cannot store a compiled program in '{self.directory}' "
-                  f"({err.strerror or err}); it is compiled again next run",
-                  file=sys.stderr)  # fmt: skip
-            return
+            return str(err.strerror or err)
         self.evict()
+        return None
 
     def evict(self) -> None:
         """Delete the least recently used entries past ``max_bytes`` (another run may be
