@@ -6,7 +6,13 @@
 import argparse
 import json
 
-from jaxcnn.cli import add_data_flags, enable_compilation_cache, executables, run_main
+from jaxcnn.cli import (
+    add_data_flags,
+    enable_compilation_cache,
+    executables,
+    import_flax,
+    run_main,
+)
 
 
 def main() -> None:
@@ -20,6 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cache = enable_compilation_cache()
+    import_flax()
     import jax
 
     from jaxcnn import data, train

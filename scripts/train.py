@@ -12,6 +12,7 @@ from jaxcnn.cli import (
     executables,
     exit_now,
     impl_overrides,
+    import_flax,
     run_main,
 )
 from jaxcnn.errors import UserError
@@ -58,6 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cache = enable_compilation_cache()
+    import_flax()
     from jaxcnn import experiment, parallel, train
     from jaxcnn import workdir as workdirs
 

@@ -69,3 +69,23 @@ def test_script_errors_are_one_line_before_any_work(script, args, message, tmp_p
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("error: ") and message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_import_flax_keeps_ipython_out_and_importable_after():
+    """The scripts import flax without IPython (0.4-0.7 s of a short run where it is
+    installed); a later ``import IPython`` in the same process still works."""
+    code = (
+        "import importlib.util, sys\n"
+        "from jaxcnn.cli import import_flax\n"
+        "import_flax()\n"
+        "assert 'flax.nnx' in sys.modules\n"
+        "assert 'IPython' not in sys.modules, 'IPython was imported'\n"
+        "if importlib.util.find_spec('IPython') is not None:\n"
+        "    import IPython\n"
+        "    assert IPython.get_ipython() is None\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
