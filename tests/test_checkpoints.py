@@ -123,3 +123,25 @@ def test_evaluate_refuses_a_damaged_checkpoint_in_one_line(runs, idx_dir, tmp_pa
                     str(workdir / "checkpoints" / "1"), "--dataset", "mnist",
                     "--data-dir", str(idx_dir))  # fmt: skip
     assert ok.returncode == 0, ok.stderr
+
+
+def test_ctrl_c_during_a_save_lands_after_the_checkpoint_is_whole(tmp_path):
+    """SIGINT while a checkpoint is written: the save and its manifest finish, then the
+    interrupt is raised, and the checkpoint verifies."""
+    import os
+    import signal
+
+    ckpts = Checkpoints(tmp_path / "w")
+    state = {"w": jax.numpy.arange(4.0)}
+    real_save = ckpts.manager.save
+
+    def save_interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the save runs
+        return real_save(*args, **kwargs)
+
+    ckpts.manager.save = save_interrupted
+    with pytest.raises(KeyboardInterrupt):
+        ckpts.save(1, state)
+    assert ckpts.problem(1) is None  # saved and verified whole
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ckpts.close()
