@@ -31,6 +31,7 @@ CONVS = ("xla", "im2col", "gemm_wgrad", "pallas_wgrad")  # jaxcnn.kernels.conv2d
 POOLS = ("xla", "reshape")  # jaxcnn.kernels.max_pool2d
 DX_FORMS = ("auto", "correlation", "col2im")  # jaxcnn.kernels.im2col
 PATCH_FORMS = ("auto", "full", "rows", "tiles", "winograd")  # jaxcnn.kernels.*.applies
+LINEARS = ("xla", "swapped")  # jaxcnn.kernels.dense
 DTYPES = ("float32", "bfloat16")
 
 
@@ -83,6 +84,13 @@ class Compute:
         "little enough",
         choices=PATCH_FORMS,
     )
+    linear: str = _option(
+        "xla",
+        "Linear layers' kernel gradient: xla (autodiff's x^T dy) or swapped (dy^T x, then "
+        "transposed: the wide GEMM, for layers of at most 16 outputs) (auto: swapped on a CPU)",
+        choices=LINEARS,
+        auto={"cpu": "swapped"},
+    )
     # XLA compiler options for the training and evaluation programs, as (name, value)
     # pairs: DebugOptions fields such as xla_gpu_enable_command_buffer.
     xla_options: tuple[tuple[str, Any], ...] = _option((), "", flag=False)
@@ -100,7 +108,7 @@ class Compute:
 PLAIN = Compute()  # the plain form: what every model computes unless told otherwise
 FIELDS = {f.name: f for f in dataclasses.fields(Compute)}
 # The fields a model reads; the others (dtype, unroll, XLA options) belong to the step.
-MODEL_FIELDS = ("conv", "pool", "fuse", "dx_form", "patch_form", "interpret", "mesh")
+MODEL_FIELDS = ("conv", "pool", "fuse", "dx_form", "patch_form", "linear", "interpret", "mesh")
 
 # XLA's CUDA-graph command buffers with the epoch's scan loop (WHILE) and its
 # conditionals inside them too: the whole epoch one graph launch (GPU only).
@@ -119,6 +127,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gemm_wgrad": {"conv": "gemm_wgrad"},
     "pallas_wgrad": {"conv": "pallas_wgrad"},
     "reshape_pool": {"pool": "reshape"},
+    "swapped_linear": {"linear": "swapped"},
     "unroll4": {"unroll": 4},
     "bf16": {"dtype": "bfloat16"},
     "cmdbuf_while": {"xla_options": (("xla_gpu_enable_command_buffer", WHOLE_EPOCH_GRAPH),)},

@@ -349,6 +349,13 @@ def test_tile_form_matches_xla(kernel, padding, cin, cout):
     tiles = -(-w // bw)
     gemm = f"f32[{2 * h * tiles},{bw * cout}]"  # P @ T: a tile of bw pixels a row
     assert gemm in str(jax.make_jaxpr(lambda x: jax.vjp(conv, x, k)[0])(x))
+    # dT: from P^T built directly ([K, M] x [M, bw*O]) for 3 channels, else (dy^T P)^T
+    span = bw + kernel - 1
+    dt, dt_t = f"f32[{kernel * span * cin},{bw * cout}]", f"f32[{bw * cout},{kernel * span * cin}]"
+    grad = str(jax.make_jaxpr(jax.grad(lambda k: conv(x, k).sum()))(k))
+    from_pt = cin >= tileconv.PT_MIN_IN
+    assert (f"{dt} = dot_general" in grad) == from_pt
+    assert (f"{dt_t} = dot_general" in grad) == (not from_pt)
     channel_major = cin == 1 and cout <= im2col.CHANNEL_MAJOR_MAX_OUT
     rows = 2 * h * w
     assert (f"f32[{cout},{rows}]" in str(jax.make_jaxpr(lambda x: conv(x, k))(x))) == channel_major
@@ -602,3 +609,38 @@ def test_winograd_mix_is_the_plain_sum(r):
 )
 def test_where_winograd_runs(form, kernel, stride, dtype, x, padding, runs):
     assert winograd.applies(form, kernel, stride, dtype, x, padding) == runs
+
+
+@pytest.mark.parametrize(("n", "fan_in", "fan_out"), [(7, 2048, 10), (5, 84, 16), (4, 300, 17)])
+def test_swapped_linear_matches_autodiff(n, fan_in, fan_out):
+    """The Linear layer under ``linear="swapped"``: output and both gradients equal to
+    ``nnx.Linear``'s (the same sums, so to float32 rounding); layers of at most
+    dense.MAX_OUT outputs compute the kernel gradient as [out, in], wider ones as autodiff."""
+    from jaxcnn.kernels import dense
+
+    swapped = layers.Linear(fan_in, fan_out, compute=variant("swapped_linear"), rngs=nnx.Rngs(0))
+    plain = layers.Linear(fan_in, fan_out, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (n, fan_in))
+    dy = jax.random.normal(jax.random.key(2), (n, fan_out))
+
+    def vjp(layer):
+        graphdef, state = nnx.split(layer)
+        y, pull = jax.vjp(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+        return y, pull(dy), state
+
+    (y, (ds, dx), state), (y0, (ds0, dx0), _) = vjp(swapped), vjp(plain)
+    np.testing.assert_allclose(y, y0, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, dx0, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(ds), jax.tree.leaves(ds0), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    graphdef = nnx.graphdef(swapped)
+    pullback = jax.vjp(lambda s: nnx.merge(graphdef, s)(x), state)[1]
+    jaxpr = str(jax.make_jaxpr(pullback)(dy))
+    applies = fan_out <= dense.MAX_OUT
+    assert dense.applies("swapped", (fan_in, fan_out)) == applies
+    assert not dense.applies("xla", (fan_in, 10))
+    # dy^T x ([out, in]) behind a barrier, so XLA cannot fold the transpose back into the dot
+    # (autodiff's own jaxpr has the same product, without the barrier)
+    assert ("optimization_barrier" in jaxpr) == applies
+    if applies:
+        assert f"f32[{fan_out},{fan_in}] = optimization_barrier" in jaxpr

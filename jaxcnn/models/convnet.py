@@ -25,8 +25,8 @@ class ConvNet(SeedModel):
         self.conv2 = Conv2d(32, 64, 3, compute=compute, rngs=rngs)
         self.dropout1 = Dropout2d(0.25, rngs=rngs)
         self.dropout2 = Dropout2d(0.5, rngs=rngs)
-        self.fc1 = Linear(9216, 128, rngs=rngs)
-        self.fc2 = Linear(128, 10, rngs=rngs)
+        self.fc1 = Linear(9216, 128, compute=compute, rngs=rngs)
+        self.fc2 = Linear(128, 10, compute=compute, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.conv1(x))  # 28 -> 26

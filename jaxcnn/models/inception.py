@@ -116,7 +116,7 @@ class Inception(SeedModel):
         self.conv2 = Conv2d(88, 20, 5, compute=compute, rngs=rngs)
         self.incep1 = InceptionA(10, compute=compute, rngs=rngs)
         self.incep2 = InceptionA(20, compute=compute, rngs=rngs)
-        self.fc = Linear(1408, 10, rngs=rngs)
+        self.fc = Linear(1408, 10, compute=compute, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.max_pool(self.conv1(x)))  # 28 -> 24 -> 12, 10 channels

@@ -97,10 +97,26 @@ class Conv2d(nnx.Conv):
         )
 
 
-def Linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:  # noqa: N802
-    """``torch.nn.Linear`` as an ``nnx.Linear`` ([in, out] kernel, torch init)."""
-    init = torch_default_init(in_features)
-    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
+class Linear(nnx.Linear):
+    """``torch.nn.Linear`` as an ``nnx.Linear`` ([in, out] kernel, torch init).
+
+    ``compute.linear`` picks how the kernel gradient of a 2-D input is computed
+    (:func:`jaxcnn.kernels.linear`); the parameters and the values are the same.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, *, compute: Compute = PLAIN, rngs: nnx.Rngs
+    ):
+        init = torch_default_init(in_features)
+        super().__init__(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
+        self.compute = compute
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.compute.linear == "xla" or x.ndim != 2:
+            return super().__call__(x)
+        bias = None if self.bias is None else self.bias[...]
+        x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        return kernels.linear(x, kernel, bias, self.compute)
 
 
 class MaxPool2d(nnx.Module):

@@ -27,8 +27,8 @@ class SimpleCNN(SeedModel):
         self.n_feature = n_feature
         self.conv1 = Conv2d(1, n_feature, 5, compute=compute, rngs=rngs)
         self.conv2 = Conv2d(n_feature, n_feature, 5, compute=compute, rngs=rngs)
-        self.fc1 = Linear(n_feature * 4 * 4, 50, rngs=rngs)
-        self.fc2 = Linear(50, 10, rngs=rngs)
+        self.fc1 = Linear(n_feature * 4 * 4, 50, compute=compute, rngs=rngs)
+        self.fc2 = Linear(50, 10, compute=compute, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = self.max_pool(relu(self.conv1(x)))  # 28 -> 24 -> 12
@@ -46,9 +46,9 @@ class LeNet5(SeedModel):
         self.compute = compute
         self.conv1 = Conv2d(1, 6, 5, compute=compute, rngs=rngs)
         self.conv2 = Conv2d(6, 16, 5, compute=compute, rngs=rngs)
-        self.fc1 = Linear(16 * 5 * 5, 120, rngs=rngs)
-        self.fc2 = Linear(120, 84, rngs=rngs)
-        self.fc3 = Linear(84, 10, rngs=rngs)
+        self.fc1 = Linear(16 * 5 * 5, 120, compute=compute, rngs=rngs)
+        self.fc2 = Linear(120, 84, compute=compute, rngs=rngs)
+        self.fc3 = Linear(84, 10, compute=compute, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = self.max_pool(relu(self.conv1(x)))  # 32 -> 28 -> 14
@@ -67,7 +67,7 @@ class BasicCNN(SeedModel):
         self.compute = compute
         self.conv1 = Conv2d(1, 10, 5, compute=compute, rngs=rngs)
         self.conv2 = Conv2d(10, 20, 5, compute=compute, rngs=rngs)
-        self.fc = Linear(320, 10, rngs=rngs)
+        self.fc = Linear(320, 10, compute=compute, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = relu(self.max_pool(self.conv1(x)))
@@ -83,9 +83,9 @@ class BlitzNet(SeedModel):
         self.compute = compute
         self.conv1 = Conv2d(1, 6, 3, compute=compute, rngs=rngs)
         self.conv2 = Conv2d(6, 16, 3, compute=compute, rngs=rngs)
-        self.fc1 = Linear(16 * 6 * 6, 120, rngs=rngs)
-        self.fc2 = Linear(120, 84, rngs=rngs)
-        self.fc3 = Linear(84, 10, rngs=rngs)
+        self.fc1 = Linear(16 * 6 * 6, 120, compute=compute, rngs=rngs)
+        self.fc2 = Linear(120, 84, compute=compute, rngs=rngs)
+        self.fc3 = Linear(84, 10, compute=compute, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = self.max_pool(relu(self.conv1(x)))  # 32 -> 30 -> 15

@@ -26,11 +26,11 @@ class MLP(SeedModel):
         self.input_shape = (28, 28, 1)
         self.compute = compute
         self.network = nnx.Sequential(
-            Linear(28 * 28, n_hidden, rngs=rngs),
+            Linear(28 * 28, n_hidden, compute=compute, rngs=rngs),
             jax.nn.relu,
-            Linear(n_hidden, n_hidden, rngs=rngs),
+            Linear(n_hidden, n_hidden, compute=compute, rngs=rngs),
             jax.nn.relu,
-            Linear(n_hidden, 10, rngs=rngs),
+            Linear(n_hidden, 10, compute=compute, rngs=rngs),
             partial(jax.nn.log_softmax, axis=1),
         )
 

@@ -36,7 +36,7 @@ class ResNet(SeedModel):
         self.conv2 = Conv2d(16, 32, 5, compute=compute, rngs=rngs)
         self.rblock1 = ResidualBlock(16, compute=compute, rngs=rngs)
         self.rblock2 = ResidualBlock(32, compute=compute, rngs=rngs)
-        self.fc = Linear(512, 10, rngs=rngs)
+        self.fc = Linear(512, 10, compute=compute, rngs=rngs)
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = self.max_pool(relu(self.conv1(x)))  # 28 -> 24 -> 12

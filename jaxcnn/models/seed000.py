@@ -43,7 +43,7 @@ class Seed000CNN(SeedModel):
             MaxPool2d(2, compute=compute),
         )
         side = size // 4
-        self.out = nnx.Sequential(Linear(side * side * c2, 10, rngs=rngs))
+        self.out = nnx.Sequential(Linear(side * side * c2, 10, compute=compute, rngs=rngs))
 
     def forward(self, x: jax.Array) -> jax.Array:
         x = self.conv1(x)
