@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import os
 import sys
@@ -63,8 +64,44 @@ def executables(cache: Path | None):
     return None if cache is None else Executables(cache / "executables")
 
 
+# glibc's mallopt parameters, and the values tune_malloc sets
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+MALLOC_SETTINGS = (
+    (M_ARENA_MAX, 1),  # every thread allocates from the main heap...
+    (M_MMAP_MAX, 0),  # ...large blocks too, not from fresh mappings...
+    (M_TRIM_THRESHOLD, 2**31 - 1),  # ...and freed memory is kept for the next call
+    (M_TOP_PAD, 64 << 20),
+)
+
+
+def tune_malloc() -> bool:
+    """Keep the memory XLA:CPU frees for its next call (glibc only; returns whether set).
+
+    Every call of a compiled program allocates its temporary buffers afresh, and glibc
+    serves blocks that large from new mappings and unmaps them when freed, so each
+    call page-faults and zeroes them again: 94 MB a call for cifar_cnn's step, whether
+    the call runs 1 step or 10 (``ru_minflt``). With these settings the freed blocks
+    stay in the heap: a one-step call took 42 ms instead of 70-85, the epoch's last
+    partial batch 25 ms instead of 42-45, and whole epochs paired in one process were
+    1.078x (cifar_cnn) and 1.033x (mnist_cnn) faster (2-core AMD EPYC Zen 4, jax
+    0.10.2). The price: the process keeps its peak heap until it exits. Called before
+    anything starts XLA's threads (:func:`run_main`); ``JAXCNN_MALLOC=system`` leaves
+    glibc's defaults.
+    """
+    system = os.environ.get("JAXCNN_MALLOC", "").lower() == "system"
+    if system or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...): its defaults stay
+        return False
+    return all([mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS])
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Run ``main``; a user's mistake is one line on stderr and exit status 2."""
+    """Run ``main`` (after :func:`tune_malloc`); a user's mistake is one line on stderr
+    and exit status 2."""
+    tune_malloc()
     try:
         main()
     except UserError as err:
