@@ -85,6 +85,18 @@ def toeplitz(kernel: jax.Array, bw: int) -> jax.Array:
     return t.reshape(kh * span * cin, bw * cout)
 
 
+def _tiled(xp: jax.Array, kh: int, kw: int, bw: int):
+    """The padded input with zero columns on the right up to whole tiles, the output
+    height, the tiles a row and the columns a tile reads (bw + kw - 1)."""
+    hp, wp = xp.shape[1:3]
+    tiles = -(-(wp - kw + 1) // bw)
+    span = bw + kw - 1
+    right = (tiles - 1) * bw + span - wp
+    if right > 0:
+        xp = jnp.pad(xp, ((0, 0), (0, 0), (0, right), (0, 0)))
+    return xp, hp - kh + 1, tiles, span
+
+
 def tile_patches(xp: jax.Array, kh: int, kw: int, bw: int) -> jax.Array:
     """[N,Hp,Wp,C] (padded) -> P [N*H'*tiles, kh*(bw+kw-1)*C], features (row, column,
     channel), with zero columns on the right where bw does not divide W'.
@@ -92,13 +104,8 @@ def tile_patches(xp: jax.Array, kh: int, kw: int, bw: int) -> jax.Array:
     Two stacks, as :func:`~jaxcnn.kernels.im2col.patches` builds its own: the
     bw+kw-1 column views at stride bw, then the kh row views of that.
     """
-    n, hp, wp, c = xp.shape
-    h, w = hp - kh + 1, wp - kw + 1
-    tiles = -(-w // bw)
-    span = bw + kw - 1
-    right = (tiles - 1) * bw + span - wp
-    if right > 0:
-        xp = jnp.pad(xp, ((0, 0), (0, 0), (0, right), (0, 0)))
+    xp, h, tiles, span = _tiled(xp, kh, kw, bw)
+    n, c = xp.shape[0], xp.shape[3]
     cols = jnp.stack([xp[:, :, s : s + (tiles - 1) * bw + 1 : bw] for s in range(span)], axis=3)
     rows = jnp.stack([cols[:, i : i + h] for i in range(kh)], axis=3)  # [N,H',T,kh,span,C]
     return rows.reshape(n * h * tiles, kh * span * c)
@@ -110,13 +117,8 @@ def tile_patches_t(xp: jax.Array, kh: int, kw: int, bw: int) -> jax.Array:
     The same two stacks, on the channel-major input ([C, N, Hp, Wp], small), so
     the pixels are the minor axis of every view and of the result.
     """
-    n, hp, wp, c = xp.shape
-    h, w = hp - kh + 1, wp - kw + 1
-    tiles = -(-w // bw)
-    span = bw + kw - 1
-    right = (tiles - 1) * bw + span - wp
-    if right > 0:
-        xp = jnp.pad(xp, ((0, 0), (0, 0), (0, right), (0, 0)))
+    xp, h, tiles, span = _tiled(xp, kh, kw, bw)
+    n, c = xp.shape[0], xp.shape[3]
     xt = jnp.transpose(xp, (3, 0, 1, 2))
     cols = jnp.stack([xt[..., s : s + (tiles - 1) * bw + 1 : bw] for s in range(span)])
     rows = jnp.stack([cols[:, :, :, i : i + h] for i in range(kh)])  # [kh,span,C,N,H',T]
