@@ -140,8 +140,14 @@ def test_ctrl_c_during_a_save_lands_after_the_checkpoint_is_whole(tmp_path):
         return real_save(*args, **kwargs)
 
     ckpts.manager.save = save_interrupted
-    with pytest.raises(KeyboardInterrupt):
-        ckpts.save(1, state)
+    # Python's own Ctrl-C handler, also where pytest runs with SIGINT ignored (a shell
+    # starts a background job so)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ckpts.save(1, state)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert ckpts.problem(1) is None  # saved and verified whole
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     ckpts.close()

@@ -129,10 +129,15 @@ def test_workdir_entries_of_the_wrong_kind_are_named(idx_dir, tmp_path, entry, k
 
 
 def start_run(idx_dir, workdir, *more):
-    """A training process, its output lines readable as they come."""
+    """A training process, its output lines readable as they come.
+
+    Ctrl-C is its default even where the tests run with SIGINT ignored (a shell starts
+    a background job so, and a child inherits it): these tests send it one.
+    """
     return subprocess.Popen(
         [sys.executable, str(ROOT / "scripts/train.py"), *base_args(idx_dir, workdir, *more)],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 
