@@ -132,13 +132,18 @@ def start_run(idx_dir, workdir, *more):
     """A training process, its output lines readable as they come.
 
     Ctrl-C is its default even where the tests run with SIGINT ignored (a shell starts
-    a background job so, and a child inherits it): these tests send it one.
+    a background job so, and a child inherits an ignored signal): these tests send it
+    one. A handled signal is reset to the default in the new program, so SIGINT is
+    handled here while the child starts (a ``preexec_fn`` would fork a threaded process).
     """
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts/train.py"), *base_args(idx_dir, workdir, *more)],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts/train.py"), *base_args(idx_dir, workdir, *more)],
+            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def wait_for_line(proc, text, timeout=240):
