@@ -1,7 +1,9 @@
 """Shared by the tests in tests/ and parity/: small IDX datasets and running the scripts."""
 
+import contextlib
 import gzip
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,22 @@ def full_float32():
 
     with jax.default_matmul_precision("highest"):
         yield
+
+
+@contextlib.contextmanager
+def sigint_handled():
+    """Python's own Ctrl-C handler inside the block, whatever this process inherited.
+
+    A shell starts a background job with SIGINT ignored, and an ignored signal stays
+    ignored in a child, where a handled one is reset to the default: so a test that
+    sends SIGINT, to itself or to a process it starts here, tests the same thing
+    however pytest was started.
+    """
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300, cwd=None):

@@ -11,7 +11,7 @@ import pytest
 from jaxcnn import checkpoint, experiment, train
 from jaxcnn.checkpoint import Checkpoints
 from jaxcnn.errors import UserError
-from tests.helpers import make_idx_dir, run_script
+from tests.helpers import make_idx_dir, run_script, sigint_handled
 
 
 @pytest.fixture(scope="module")
@@ -140,14 +140,9 @@ def test_ctrl_c_during_a_save_lands_after_the_checkpoint_is_whole(tmp_path):
         return real_save(*args, **kwargs)
 
     ckpts.manager.save = save_interrupted
-    # Python's own Ctrl-C handler, also where pytest runs with SIGINT ignored (a shell
-    # starts a background job so)
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with sigint_handled():
         with pytest.raises(KeyboardInterrupt):
             ckpts.save(1, state)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    finally:
-        signal.signal(signal.SIGINT, inherited)
     assert ckpts.problem(1) is None  # saved and verified whole
     ckpts.close()

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import ENV, ROOT, make_idx_dir, run_script, write_idx
+from tests.helpers import ENV, ROOT, make_idx_dir, run_script, sigint_handled, write_idx
 
 
 @pytest.fixture(scope="module")
@@ -129,21 +129,14 @@ def test_workdir_entries_of_the_wrong_kind_are_named(idx_dir, tmp_path, entry, k
 
 
 def start_run(idx_dir, workdir, *more):
-    """A training process, its output lines readable as they come.
-
-    Ctrl-C is its default even where the tests run with SIGINT ignored (a shell starts
-    a background job so, and a child inherits an ignored signal): these tests send it
-    one. A handled signal is reset to the default in the new program, so SIGINT is
-    handled here while the child starts (a ``preexec_fn`` would fork a threaded process).
-    """
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    """A training process, its output lines readable as they come, with Ctrl-C's
+    default (:func:`~tests.helpers.sigint_handled`; a ``preexec_fn`` would fork a
+    threaded process)."""
+    with sigint_handled():
         return subprocess.Popen(
             [sys.executable, str(ROOT / "scripts/train.py"), *base_args(idx_dir, workdir, *more)],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-    finally:
-        signal.signal(signal.SIGINT, inherited)
 
 
 def wait_for_line(proc, text, timeout=240):

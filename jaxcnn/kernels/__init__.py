@@ -11,7 +11,7 @@ import jax
 from flax import linen
 
 from jaxcnn.compute import POOLS, Compute
-from jaxcnn.kernels import dense, rowconv, tileconv, winograd
+from jaxcnn.kernels import rowconv, tileconv, winograd
 from jaxcnn.kernels.im2col import conv2d_gemm_wgrad, conv2d_im2col
 from jaxcnn.kernels.pallas_wgrad import conv2d_pallas_wgrad
 from jaxcnn.kernels.pool import avg_pool_shifted, max_pool_reshape
@@ -46,12 +46,6 @@ def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.
     raise ValueError(f"no conv kernel {compute.conv!r}")
 
 
-def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, compute: Compute):
-    """``F.linear`` with an [in, out] kernel, its kernel gradient as ``compute.linear``
-    says (:func:`~jaxcnn.kernels.dense.linear`). [N, in] -> [N, out]."""
-    return dense.linear(x, kernel, bias, compute.linear)
-
-
 def max_pool2d(x: jax.Array, kernel_size: int, compute: Compute) -> jax.Array:
     """``F.max_pool2d(x, k)`` (stride k, no padding) as ``compute.pool`` says. [N,H,W,C].
 
@@ -80,4 +74,4 @@ def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int, comput
     return linen.avg_pool(x, window, strides=strides, padding=pad, count_include_pad=True)
 
 
-__all__ = ["avg_pool2d", "conv2d", "linear", "max_pool2d"]
+__all__ = ["avg_pool2d", "conv2d", "max_pool2d"]

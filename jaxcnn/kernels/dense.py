@@ -33,15 +33,13 @@ def applies(requested: str, kernel_shape) -> bool:
     return requested == "swapped" and kernel_shape[1] <= MAX_OUT
 
 
-def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, requested: str) -> jax.Array:
-    """``x @ kernel (+ bias)``, [N, in] x [in, out]; the kernel gradient as
-    ``requested`` (``Compute.linear``) and :func:`applies` say. The bias is added
-    outside the custom VJP; autodiff sums its gradient."""
-    if applies(requested, kernel.shape):
-        y = _swapped(x, kernel.astype(x.dtype))
-    else:
-        y = x @ kernel.astype(x.dtype)
-    return y if bias is None else y + bias.astype(y.dtype)
+def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """``x @ kernel (+ bias)``, [N, in] x [in, out], operands of one dtype, with the
+    swapped kernel gradient (the layer calls it where :func:`applies`; elsewhere
+    ``nnx.Linear`` computes). The bias is added outside the custom VJP; autodiff
+    sums its gradient."""
+    y = _swapped(x, kernel)
+    return y if bias is None else y + bias
 
 
 @jax.custom_vjp

@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxcnn import kernels
 from jaxcnn.compute import PLAIN, Compute
+from jaxcnn.kernels import dense
 
 
 def torch_default_init(fan_in: int) -> nnx.Initializer:
@@ -101,7 +102,7 @@ class Linear(nnx.Linear):
     """``torch.nn.Linear`` as an ``nnx.Linear`` ([in, out] kernel, torch init).
 
     ``compute.linear`` picks how the kernel gradient of a 2-D input is computed
-    (:func:`jaxcnn.kernels.linear`); the parameters and the values are the same.
+    (:mod:`jaxcnn.kernels.dense`); the parameters and the values are the same.
     """
 
     def __init__(
@@ -112,11 +113,11 @@ class Linear(nnx.Linear):
         self.compute = compute
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.compute.linear == "xla" or x.ndim != 2:
+        if x.ndim != 2 or not dense.applies(self.compute.linear, self.kernel.shape):
             return super().__call__(x)
         bias = None if self.bias is None else self.bias[...]
         x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-        return kernels.linear(x, kernel, bias, self.compute)
+        return dense.linear(x, kernel, bias)
 
 
 class MaxPool2d(nnx.Module):
