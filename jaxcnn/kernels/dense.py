@@ -22,8 +22,9 @@ from __future__ import annotations
 import jax
 from jax import lax
 
+from jaxcnn.kernels.im2col import CONTRACT_ROWS
+
 MAX_OUT = 16  # the widest output the swapped gradient is used for: the seeds' classifiers
-CONTRACT_BATCH = (((0,), (0,)), ((), ()))  # [N, a] x [N, b] -> [a, b]
 
 
 def applies(requested: str, kernel_shape) -> bool:
@@ -53,7 +54,7 @@ def _swapped_fwd(x, kernel):
 
 def _swapped_bwd(residuals, dy):
     x, kernel = residuals
-    dkernel_t = lax.dot_general(dy, x, CONTRACT_BATCH)  # [out, in]: dy^T x
+    dkernel_t = lax.dot_general(dy, x, CONTRACT_ROWS)  # [out, in]: dy^T x
     return dy @ kernel.T, lax.optimization_barrier(dkernel_t).T
 
 

@@ -23,6 +23,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+# [M, a] x [M, b] -> [a, b]: a product contracting the rows (the pixels or the batch),
+# the form of every weight gradient here
+CONTRACT_ROWS = (((0,), (0,)), ((), ()))
+
 
 def pad_hw(x: jax.Array, padding: int) -> jax.Array:
     """Symmetric zero padding of H and W, as ``F.conv2d(padding=p)`` applies it."""

@@ -35,7 +35,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.kernels.im2col import CHANNEL_MAJOR_MAX_OUT, column_shifts, forward_channel_major
+from jaxcnn.kernels.im2col import (
+    CHANNEL_MAJOR_MAX_OUT,
+    CONTRACT_ROWS,
+    column_shifts,
+    forward_channel_major,
+)
 
 # The row form where it writes at most this many times the full form's elements
 # per pixel (kw*C + kh*O against kh*kw*C). blitz_net's second convolution (6 -> 16,
@@ -149,7 +154,7 @@ def _backward(padding, residuals, dy):
     dz = dz.reshape(rows, kh * cout)
     # (dZ^T P)^T, contracting the pixels in place: the small dZ is the one transposed,
     # as in im2col._weight_grad
-    dw2 = lax.dot_general(dz, p.reshape(rows, kw * cin), (((0,), (0,)), ((), ()))).T
+    dw2 = lax.dot_general(dz, p.reshape(rows, kw * cin), CONTRACT_ROWS).T
     dkernel = dw2.reshape(kw, cin, kh, cout).transpose(2, 0, 1, 3)
     dp = (dz @ row_weights(kernel).T).reshape(n, h_in, w, kw * cin)
     # col2im of the kw column shifts: the transpose of the (linear) pad-and-shift map,

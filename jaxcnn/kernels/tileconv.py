@@ -34,7 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.kernels.im2col import CHANNEL_MAJOR_MAX_OUT, forward_channel_major, pad_hw
+from jaxcnn.kernels.im2col import (
+    CHANNEL_MAJOR_MAX_OUT,
+    CONTRACT_ROWS,
+    forward_channel_major,
+    pad_hw,
+)
 
 MAX_IN = 3  # the tiles for inputs of at most this many channels: the seeds' first convolutions
 MAX_OUT = 20  # ... to at most this many: convnet's 1 -> 32 (N already 32) lost (0.98x)
@@ -159,7 +164,7 @@ def _backward(padding, bw, residuals, dy):
     if cin >= PT_MIN_IN:
         dt = tile_patches_t(pad_hw(saved, padding), kh, kw, bw) @ dy_tiles
     else:  # (dy^T P)^T, contracting the pixels in place, as im2col._weight_grad spells it
-        dt = jax.lax.dot_general(dy_tiles, saved, (((0,), (0,)), ((), ()))).T
+        dt = jax.lax.dot_general(dy_tiles, saved, CONTRACT_ROWS).T
     (dkernel,) = jax.linear_transpose(partial(toeplitz, bw=bw), kernel)(dt)
     # the input gradient, where one is asked for (XLA drops it where none is)
     dp = dy_tiles @ toeplitz(kernel, bw).T
