@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxcnn import UserError, compute, kernels, models, train
 from jaxcnn.kernels import im2col, rowconv, tileconv, winograd
+from jaxcnn.kernels.pool import max_and_first
 from jaxcnn.models import layers
 from jaxcnn.objectives import seed_loss
 from tests.helpers import full_float32, variant  # noqa: F401 (fixture)
@@ -494,6 +495,28 @@ def test_reshape_max_pool_matches_xla_exactly_with_ties(shape, kernel):
     np.testing.assert_array_equal(got_vjp(dy)[0], want_vjp(dy)[0])
     windows = (shape[1] // kernel) * (shape[2] // kernel) * shape[0] * shape[3]
     assert np.count_nonzero(np.asarray(want_vjp(dy)[0])) == windows  # one winner per window
+
+
+def test_max_and_first_is_max_and_argmax_in_one_reduce():
+    """The pool's one variadic reduce gives ``max`` and ``argmax`` exactly, ties going
+    to the first position and NaN ranked above every number (first NaN wins), and the
+    reshape pool's forward under a gradient traces that one reduce, not two."""
+    rng = np.random.default_rng(0)
+    a = np.round(rng.normal(size=(6, 5, 7))).astype(np.float32)  # many ties
+    a[0, 0, [2, 4]] = np.nan
+    a[1, 2, 6] = np.nan
+    a[2, 1, :] = -np.inf
+    value, first = max_and_first(jnp.asarray(a), axis=2)
+    np.testing.assert_array_equal(value, jnp.max(a, axis=2))
+    np.testing.assert_array_equal(first, jnp.argmax(a, axis=2))
+    assert first[0, 0] == 2 and first[1, 2] == 6 and first[2, 1] == 0
+
+    x = jnp.zeros((2, 8, 8, 3))
+    how = compute.Compute(pool="reshape")
+    grad = jax.grad(lambda x: kernels.max_pool2d(x, 2, how).sum())
+    names = [e.primitive.name for e in jax.make_jaxpr(grad)(x).eqns]
+    assert names.count("reduce") == 1
+    assert "reduce_max" not in names and "argmax" not in names
 
 
 @pytest.mark.parametrize("name", ["mnist_cnn", "cifar_cnn"])  # a method, and seed 000's module
