@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax import lax
 
 from jaxcnn import UserError, compute, kernels, models, train
 from jaxcnn.kernels import im2col, rowconv, tileconv, winograd
+from jaxcnn.kernels.materialise import MATERIALISE_MIN, materialise
 from jaxcnn.kernels.pool import max_and_first
 from jaxcnn.models import layers
 from jaxcnn.objectives import seed_loss
@@ -311,10 +313,28 @@ def test_row_form_output_is_materialised_once_if_large(batch):
         return rowconv.conv2d_rows(x, k, None, 1)
 
     traced = str(jax.make_jaxpr(lambda x: jax.vjp(conv, x)[0])(x))
-    assert ("cond[" in traced) == (batch * 8 * 8 * 6 >= rowconv.MATERIALISE_MIN)
+    assert ("cond[" in traced) == (batch * 8 * 8 * 6 >= MATERIALISE_MIN)
     a = jnp.array([[np.nan, 1.0], [2.0, -0.0]])
     for token in (jnp.ones(3), jnp.full((2, 2), np.nan)):  # either branch
-        np.testing.assert_array_equal(rowconv.materialise(a, token), a)
+        np.testing.assert_array_equal(materialise(a, token), a)
+
+
+@pytest.mark.parametrize("batch", [2, 1024])
+def test_winograd_input_gradient_is_materialised_once_if_large(batch):
+    """A large Winograd input gradient passes through the conditional, a small one
+    does not; the gradient is the same either way (the branches change nothing)."""
+    x = jax.random.normal(jax.random.key(1), (batch, 8, 8, 4))
+    k = jax.random.normal(jax.random.key(2), (3, 3, 4, 6))
+    _, vjp = jax.vjp(lambda x: winograd.conv2d_winograd(x, k, None, 1), x)
+    dy = jnp.ones((batch, 8, 8, 6))
+    traced = str(jax.make_jaxpr(vjp)(dy))
+    assert ("cond[" in traced) == (x.size >= MATERIALISE_MIN)
+    dn = ("NHWC", "HWIO", "NHWC")
+    _, xla_vjp = jax.vjp(
+        lambda x: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn), x
+    )
+    want = xla_vjp(dy)[0]
+    np.testing.assert_allclose(vjp(dy)[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_row_form_applies_where_it_writes_little():

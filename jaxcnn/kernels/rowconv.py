@@ -41,6 +41,7 @@ from jaxcnn.kernels.im2col import (
     column_shifts,
     forward_channel_major,
 )
+from jaxcnn.kernels.materialise import MATERIALISE_MIN, materialise
 
 # The row form where it writes at most this many times the full form's elements
 # per pixel (kw*C + kh*O against kh*kw*C). blitz_net's second convolution (6 -> 16,
@@ -126,22 +127,6 @@ def _forward_materialised(x, kernel, padding):
     """
     y, residuals = _forward(x, kernel, padding)
     return (materialise(y, kernel) if y.size >= MATERIALISE_MIN else y), residuals
-
-
-MATERIALISE_MIN = 1 << 18  # elements of output from which the row form materialises it
-
-
-def materialise(a: jax.Array, token: jax.Array) -> jax.Array:
-    """``a``, as the output of a conditional: XLA fuses nothing across one, so what made
-    ``a`` is computed once and written out, not recomputed inside each consumer's fusion.
-
-    ``lax.optimization_barrier`` does not do this on a CPU (XLA:CPU drops it before
-    fusing: steps within 3% of none). The predicate is read from ``token`` (the
-    kernel: replicated, so a batch-sharded program needs no collective for it) so
-    that XLA cannot fold it; both branches give ``a`` unchanged, whichever runs.
-    """
-    first = token[(0,) * token.ndim]
-    return lax.cond(first == first, lambda a: a, lambda a: a * 1, a)
 
 
 def _backward(padding, residuals, dy):
