@@ -28,3 +28,9 @@ def materialise(a: jax.Array, token: jax.Array) -> jax.Array:
     """
     first = token[(0,) * token.ndim]
     return lax.cond(first == first, lambda a: a, lambda a: a * 1, a)
+
+
+def materialise_if_large(a: jax.Array, token: jax.Array) -> jax.Array:
+    """:func:`materialise` for ``a`` of at least :data:`MATERIALISE_MIN` elements, ``a``
+    as it is below: for a small array the recomputing costs less than the conditional."""
+    return materialise(a, token) if a.size >= MATERIALISE_MIN else a

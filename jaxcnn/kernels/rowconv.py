@@ -41,7 +41,7 @@ from jaxcnn.kernels.im2col import (
     column_shifts,
     forward_channel_major,
 )
-from jaxcnn.kernels.materialise import MATERIALISE_MIN, materialise
+from jaxcnn.kernels.materialise import materialise_if_large
 
 # The row form where it writes at most this many times the full form's elements
 # per pixel (kw*C + kh*O against kh*kw*C). blitz_net's second convolution (6 -> 16,
@@ -114,7 +114,7 @@ def _forward(x, kernel, padding):
 
 def _forward_materialised(x, kernel, padding):
     """:func:`_forward` under differentiation, a large output written out once
-    (:func:`materialise`).
+    (:func:`~jaxcnn.kernels.materialise.materialise_if_large`).
 
     Left to itself, XLA:CPU fused the kh-shift sum into every consumer of the
     output, the ReLU and the max pool's transpose and argmax, each recomputing it
@@ -123,10 +123,10 @@ def _forward_materialised(x, kernel, padding):
     cifar_cnn 1.16x (conv2's output 1.6 M elements), mnist_cnn 1.08 (0.4 M),
     convnet 1.03 (3.7 M); resnet, simple_cnn, blitz_net, basic_cnn and inception
     (0.08-0.22 M) 0.98-1.02, lenet5 (0.16 M) 0.90: for a small output the
-    recomputing costs less than the conditional. Hence :data:`MATERIALISE_MIN`.
+    recomputing costs less than the conditional. Hence its threshold.
     """
     y, residuals = _forward(x, kernel, padding)
-    return (materialise(y, kernel) if y.size >= MATERIALISE_MIN else y), residuals
+    return materialise_if_large(y, kernel), residuals
 
 
 def _backward(padding, residuals, dy):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn.kernels.materialise import MATERIALISE_MIN, materialise
+from jaxcnn.kernels.materialise import materialise_if_large
 
 # Toom-Cook's finite points, in order; F(m, r) takes the first m + r - 2. F(4x4, 3x3) on
 # 0, +-1, +-2 (Lavin's) left convnet's conv2 weight gradient 5.7e-3 from the float64
@@ -205,11 +205,10 @@ def _backward(padding, residuals, dy):
     The overlap-add's last stage is otherwise fused into the consumer of dx, and
     a max pool's backward (cifar_cnn's conv2 sits behind one) reads each element
     for all four window positions: the overlap-add ran four times over, 3.8 ms of
-    a 37 ms step. Written out once (:func:`materialise`, for a dx of at least
-    :data:`MATERIALISE_MIN` elements), whole steps paired on the 2-core Zen 4
-    EPYC, 14-16 rounds: cifar_cnn 1.03-1.09x in four runs; convnet, whose dx
-    meets no pool, 0.97-0.99x (one more pass over 8.6 MB); the other seeds' dx
-    are smaller and unchanged.
+    a 37 ms step. Written out once (:func:`materialise_if_large`), whole steps
+    paired on the 2-core Zen 4 EPYC, 14-16 rounds: cifar_cnn 1.03-1.09x in four
+    runs; convnet, whose dx meets no pool, 0.97-0.99x (one more pass over 8.6
+    MB); the other seeds' dx are smaller and unchanged.
     """
     v, u, x_shape, r = residuals  # the shapes are static: Python ints
     n, h, w, cin = x_shape
@@ -225,8 +224,7 @@ def _backward(padding, residuals, dy):
     dv = lax.dot_general(dprod, u, (((2,), (2,)), ((0,), (0,)))).reshape(a, a, n, th, tw, cin)
     dx_rows = [_overlap_add(bt, m, [dv[i, j] for j in range(a)], 2) for i in range(a)]
     dx = _overlap_add(bt, m, dx_rows, 1)[:, padding : padding + h, padding : padding + w]
-    if dx.size >= MATERIALISE_MIN:
-        dx = materialise(dx, u)  # see _backward's docstring
+    dx = materialise_if_large(dx, u)  # see the docstring
     dkernel_rows = jnp.stack(_mix(g.T, [du[i] for i in range(a)]))
     dkernel = jnp.stack(_mix(g.T, [dkernel_rows[:, j] for j in range(a)]), axis=1)
     return dx, dkernel
