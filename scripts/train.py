@@ -19,6 +19,7 @@ from jaxcnn.errors import UserError
 
 
 def main() -> None:
+    import_flax()  # before anything imports flax: the models' names below do
     from jaxcnn.models import MODELS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,7 +60,6 @@ def main() -> None:
     args = parser.parse_args()
 
     cache = enable_compilation_cache()
-    import_flax()
     from jaxcnn import experiment, parallel, train
     from jaxcnn import workdir as workdirs
 

@@ -1,11 +1,12 @@
 """Every script starts: ``--help`` exits 0 (catches import errors and shadowed modules)."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ENV, ROOT, run_script
+from tests.helpers import ENV, ROOT, make_idx_dir, run_script
 
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
@@ -89,6 +90,26 @@ def test_import_flax_keeps_ipython_out_and_importable_after():
         [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_train_py_never_imports_ipython(tmp_path):
+    """The whole trainer, not only :func:`import_flax`: its ``--model`` help once
+    imported the models (and so flax, and IPython) before flax was imported with
+    IPython hidden. A stand-in IPython first on the path records any import of it,
+    then fails as a missing one does."""
+    fake = tmp_path / "fake" / "IPython"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "ipython-was-imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError\n")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    make_idx_dir(data_dir, n=40)
+    env = {**ENV, "PYTHONPATH": f"{fake.parent}{os.pathsep}{ENV['PYTHONPATH']}"}
+    args = ["--model", "simple_cnn", "--dataset", "mnist", "--data-dir", str(data_dir)]
+    args += ["--epochs", "1", "--batch-size", "20", "--no-progress"]
+    out = run_script("train.py", *args, "--workdir", str(tmp_path / "run"), env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not marker.exists(), "scripts/train.py imported IPython"
 
 
 @pytest.mark.parametrize("tuned", [True, False])
