@@ -205,6 +205,13 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
     return reader(directory, split)
 
 
+def is_local(name: str, data_dir: str | Path | None) -> bool:
+    """Whether :func:`load` reads files already on this machine (``data_dir``, or
+    Debian's Fashion-MNIST): no tensorflow-datasets, no download, so it can run in a
+    thread beside the model's tracing."""
+    return data_dir is not None or (name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir())
+
+
 def permute_pixels(split: Split, seed: int = 0) -> Split:
     """Shuffle every image's pixels with one fixed permutation (seed 001 section 4).
 

@@ -106,3 +106,45 @@ def test_preprocess_normalises_and_pads():
     np.testing.assert_allclose(x[0, 2, 2, 0], (1 - 0.1307) / 0.3081, rtol=1e-6)
     np.testing.assert_allclose(x[0, 0, 0, 0], (0 - 0.1307) / 0.3081, rtol=1e-6)  # black border
     np.testing.assert_allclose(np.asarray(data.preprocess(images, (28, 28, 1), None)), 1.0)
+
+
+def test_local_splits_are_read_in_a_thread_and_its_error_reaches_the_caller(tmp_path, monkeypatch):
+    """``experiment.read_splits``: files on this machine are read beside the model's
+    tracing (another thread), the same splits as a direct read; a damaged file's error
+    is raised where the caller waits, as the same one-line DataError."""
+    import threading
+
+    from jaxcnn import experiment, train
+
+    make_idx_dir(tmp_path, n=30)
+    config = train.get_config("simple_cnn", "mnist", data_dir=str(tmp_path))
+    threads, load = [], data.load
+
+    def recorded(*args):
+        threads.append(threading.current_thread())
+        return load(*args)
+
+    monkeypatch.setattr(data, "load", recorded)
+    train_split, test_split = experiment.read_splits(config)()
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    np.testing.assert_array_equal(train_split.images, load("mnist", "train", str(tmp_path)).images)
+    np.testing.assert_array_equal(test_split.labels, load("mnist", "test", str(tmp_path)).labels)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03")  # header cut short
+    wait = experiment.read_splits(config)
+    with pytest.raises(data.DataError, match="train-images"):
+        wait()
+
+
+def test_splits_from_tfds_or_a_download_are_read_in_the_callers_thread(monkeypatch):
+    """Not local: read where Ctrl-C lands (the caller's thread), and only when waited for."""
+    import threading
+
+    from jaxcnn import experiment, train
+
+    config = train.get_config("simple_cnn", "mnist")
+    threads = []
+    monkeypatch.setattr(data, "load", lambda *a: threads.append(threading.current_thread()))
+    wait = experiment.read_splits(config)
+    assert threads == []
+    wait()
+    assert threads == [threading.main_thread()] * 2
