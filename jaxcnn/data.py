@@ -187,14 +187,12 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
     if split not in IDX_FILES:
         raise DataError(f"unknown split '{split}'; choose 'train' or 'test'")
-    if data_dir is not None:
-        directory = Path(data_dir)
+    directory = local_directory(name, data_dir)
+    if directory is not None:
         if not directory.is_dir():
             raise DataError(f"--data-dir '{directory}' is not a directory")
         reader = read_cifar_split if name == "cifar10" else read_idx_split
         return reader(directory, split)
-    if name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
-        return read_idx_split(DEBIAN_FASHION_MNIST, split)
     prepared = read_tfds_split(name, split)
     if prepared is not None:
         return prepared
@@ -205,11 +203,15 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
     return reader(directory, split)
 
 
-def is_local(name: str, data_dir: str | Path | None) -> bool:
-    """Whether :func:`load` reads files already on this machine (``data_dir``, or
-    Debian's Fashion-MNIST): no tensorflow-datasets, no download, so it can run in a
-    thread beside the model's tracing."""
-    return data_dir is not None or (name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir())
+def local_directory(name: str, data_dir: str | Path | None) -> Path | None:
+    """The folder of raw files :func:`load` reads, where it reads files already on this
+    machine (``data_dir``, or Debian's Fashion-MNIST): no tensorflow-datasets and no
+    download, so the read can run in a thread beside the model's tracing. None otherwise."""
+    if data_dir is not None:
+        return Path(data_dir)
+    if name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
+        return DEBIAN_FASHION_MNIST
+    return None
 
 
 def permute_pixels(split: Split, seed: int = 0) -> Split:

@@ -159,7 +159,7 @@ def read_splits(config: train.Config) -> Callable[[], tuple[data.Split, data.Spl
     def read():
         return (data.load(config.dataset, s, config.data_dir) for s in ("train", "test"))
 
-    if not data.is_local(config.dataset, config.data_dir):
+    if data.local_directory(config.dataset, config.data_dir) is None:
         return lambda: tuple(read())
     outcome: dict[str, Any] = {}
 

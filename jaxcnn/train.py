@@ -258,18 +258,17 @@ def initial_state(config: Config, placed: Compute, tx, executables: Executables 
         return models.create(config.model, rngs=rngs, compute=placed)
 
     def draw():
-        _, params, rest = nnx.split(create(), nnx.Param, ...)
-        return params, rest, tx.init(params)
-
-    if executables is None:
         model = create()
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         return graphdef, tuple(model.input_shape), params, rest, tx.init(params)
+
+    if executables is None:
+        return draw()
     model = nnx.eval_shape(create)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     abstract = (params, rest, jax.eval_shape(tx.init, params))
     context = program_context(config, model.input_shape)
-    values = executables.values("initial_state", context, abstract, draw)
+    values = executables.values("initial_state", context, abstract, lambda: draw()[2:])
     return graphdef, tuple(model.input_shape), *values
 
 
