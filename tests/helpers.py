@@ -83,6 +83,17 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 
     )
 
 
+def run_python(code: str, *args: str, env: dict | None = None, timeout: int = 300):
+    """``python -c code args...`` in a fresh interpreter, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        timeout=timeout,
+    )
+
+
 def write_idx(path, array, compress=False):
     """An IDX file as published for MNIST: magic, big-endian dims, uint8 data."""
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

@@ -16,7 +16,7 @@ import pytest
 
 from jaxcnn import UserError, compute, train
 from jaxcnn.lab import aot
-from tests.helpers import ENV, run_script
+from tests.helpers import ENV, run_python, run_script
 
 PLUGIN = os.environ.get("JAXCNN_CUDA_PLUGIN")
 needs_plugin = pytest.mark.skipif(not PLUGIN, reason="JAXCNN_CUDA_PLUGIN is not set")
@@ -159,12 +159,7 @@ big = pw.Launch(max_channel_block=512, tile_elements=1 << 20)
 f = jax.jit(lambda x, dy: pw.weight_and_bias_grad(x, dy, (5, 5), 1, 0, launch=big))
 f.lower(x, dy).compile()
 """
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=600
-    )
+    proc = run_python(code, timeout=600)
     assert "compiled at the default launch shape" in proc.stdout, proc.stderr[-2000:]
     assert proc.returncode != 0
     assert "Shared memory size limit exceeded" in proc.stderr

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jaxcnn import UserError, data, download, experiment, train
-from tests.helpers import make_idx_dir
+from tests.helpers import make_idx_dir, run_python
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -104,8 +104,6 @@ def test_train_py_downloads_through_the_mirror(tmp_path, serve, cache):
     """``scripts/train.py`` itself, as a user runs it, with ``$JAXCNN_DATA_MIRROR`` and this
     test's hashes in place of the published ones (the only change made to the process)."""
     import os
-    import subprocess
-    import sys
 
     from tests.helpers import ENV, ROOT
 
@@ -122,9 +120,7 @@ def test_train_py_downloads_through_the_mirror(tmp_path, serve, cache):
     env = {**ENV, **{k: os.environ[k] for k in ("JAXCNN_DATA_MIRROR", "JAXCNN_DATA_DIR")}}
     args = ["--model", "mlp", "--dataset", "mnist", "--epochs", "1", "--no-progress",
             "--workdir", str(tmp_path / "run")]  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
-    )
+    out = run_python(code, *args, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"mlp on mnist ({cache / 'mnist'})" in out.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -1,12 +1,11 @@
 """Every script starts: ``--help`` exits 0 (catches import errors and shadowed modules)."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ENV, ROOT, make_idx_dir, run_script
+from tests.helpers import ENV, ROOT, make_idx_dir, run_python, run_script
 
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
@@ -37,9 +36,7 @@ def test_compilation_cache_keeps_the_small_init_programs(tmp_path):
         "from jaxcnn import models; models.create('lenet5')"
     )
     env = {**ENV, "JAXCNN_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
+    proc = run_python(code, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     entries = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("jit_")]
     assert len(entries) >= 3, sorted(p.name for p in (tmp_path / "cache").iterdir())
@@ -86,9 +83,7 @@ def test_import_flax_keeps_ipython_out_and_importable_after():
         "    assert IPython.get_ipython() is None\n"
         "print('ok')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120
-    )
+    proc = run_python(code, env=ENV, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -130,9 +125,7 @@ def test_tune_malloc_keeps_freed_blocks_for_the_next_call(tuned):
         "print(faults[-1])\n"
     )
     env = {**ENV, "JAXCNN_MALLOC": "" if tuned else "system"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
-    )
+    proc = run_python(code, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     applied, faults = proc.stdout.split()
     assert applied == str(tuned)
@@ -154,7 +147,7 @@ def test_tune_malloc_leaves_xla_threads_their_own_arenas():
     ``malloc_info`` lists one heap per arena.
     """
     code = (
-        "import ctypes, sys, tempfile\n"
+        "import ctypes, tempfile\n"
         "from jaxcnn.cli import tune_malloc\n"
         "assert tune_malloc()\n"
         "import jax, jax.numpy as jnp\n"
@@ -169,8 +162,6 @@ def test_tune_malloc_leaves_xla_threads_their_own_arenas():
         "    libc.fclose(ctypes.c_void_p(f))\n"
         "    print(out.read().count('<heap nr='))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120
-    )
+    proc = run_python(code, env=ENV, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout) > 1, "every thread allocated from one arena"
