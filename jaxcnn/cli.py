@@ -89,7 +89,7 @@ def tune_malloc() -> bool:
     the blocks, but XLA's threads then queued on its one lock (Eigen takes its packing
     buffers from malloc on every step): 1.1-1.2 million futex calls in a 5-epoch
     cifar_cnn run instead of 22,000, and epochs slower by 1.30x (resnet), 1.07x
-    (cifar_cnn) and 1.1x (mnist_cnn), medians of 5-6 rounds of processes alternating.
+    (cifar_cnn) and 1.1x (mnist_cnn), medians of 6 rounds of processes alternating.
     Blocks over 64 MB taken on another thread than the main one are still mapped afresh
     (glibc's per-thread heaps end there): cifar_cnn's 94 MB, once an epoch.
 

@@ -187,11 +187,11 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
     if split not in IDX_FILES:
         raise DataError(f"unknown split '{split}'; choose 'train' or 'test'")
+    reader = read_cifar_split if name == "cifar10" else read_idx_split
     directory = local_directory(name, data_dir)
     if directory is not None:
         if not directory.is_dir():
             raise DataError(f"--data-dir '{directory}' is not a directory")
-        reader = read_cifar_split if name == "cifar10" else read_idx_split
         return reader(directory, split)
     prepared = read_tfds_split(name, split)
     if prepared is not None:
@@ -199,7 +199,6 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
     from jaxcnn import download
 
     directory = download.cached(name) or download.fetch(name)
-    reader = read_cifar_split if name == "cifar10" else read_idx_split
     return reader(directory, split)
 
 

@@ -83,7 +83,7 @@ def test_import_flax_keeps_ipython_out_and_importable_after():
         "    assert IPython.get_ipython() is None\n"
         "print('ok')\n"
     )
-    proc = run_python(code, env=ENV, timeout=120)
+    proc = run_python(code, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -162,6 +162,6 @@ def test_tune_malloc_leaves_xla_threads_their_own_arenas():
         "    libc.fclose(ctypes.c_void_p(f))\n"
         "    print(out.read().count('<heap nr='))\n"
     )
-    proc = run_python(code, env=ENV, timeout=120)
+    proc = run_python(code, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout) > 1, "every thread allocated from one arena"
