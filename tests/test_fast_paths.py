@@ -337,6 +337,25 @@ def test_winograd_input_gradient_is_materialised_once_if_large(batch):
     np.testing.assert_allclose(vjp(dy)[0], want, rtol=1e-4, atol=1e-4)
 
 
+def test_winograd_output_is_materialised_under_differentiation():
+    """Under differentiation a Winograd output of any size passes through the
+    conditional (a max pool's reduce otherwise recomputed the output transform for
+    each window position); undifferentiated, it does not. Same values either way."""
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+    k = jax.random.normal(jax.random.key(2), (3, 3, 4, 6))
+
+    def conv(x):
+        return winograd.conv2d_winograd(x, k, None, 1)
+
+    assert x.size < MATERIALISE_MIN
+    differentiated = jax.make_jaxpr(lambda x: jax.vjp(conv, x)[0])(x)
+    assert "cond[" in str(differentiated)
+    assert "cond[" not in str(jax.make_jaxpr(conv)(x))
+    dn = ("NHWC", "HWIO", "NHWC")
+    want = lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn)
+    np.testing.assert_allclose(jax.vjp(conv, x)[0], want, rtol=1e-4, atol=1e-4)
+
+
 def test_row_form_applies_where_it_writes_little():
     """``auto``: not at a stride, for a 1x1 or one-channel input, nor for cifar_cnn's
     conv1 (3 -> 16, 5x5: 95 values a pixel against 75); the seeds' other convolutions."""
