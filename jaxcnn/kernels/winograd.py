@@ -201,10 +201,10 @@ def _forward_materialised(x, kernel, padding):
     tile's positions) into its consumers; the max pool's one reduce (its maximum and
     the first position, ``pool.max_and_first``) then computed it again for each
     window position, and for basic_cnn's conv2 that reduce took 0.45 ms of a 3.7 ms
-    step. Whole training steps paired (2-core Zen 4 EPYC, 10-12 rounds of 5 steps):
-    basic_cnn 1.11-1.13x, inception 1.10x, cifar_cnn 1.08x; resnet and convnet (whose
-    output XLA wrote out already) 1.00-1.01x. Unlike the row form's, no size
-    threshold: basic_cnn's output is 82 K elements.
+    step. Whole training steps paired (2-core Zen 4 EPYC, 10-16 rounds of 5 steps):
+    basic_cnn 1.11-1.17x in four runs, inception 1.08-1.10x and cifar_cnn 1.04-1.08x in
+    two; resnet and convnet (whose outputs XLA wrote out already) 1.00-1.01x. Unlike
+    the row form's, no size threshold: basic_cnn's output is 82 K elements.
     """
     y, residuals = _forward(x, kernel, padding)
     return materialise(y, kernel), residuals
