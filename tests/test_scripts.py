@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -166,8 +167,12 @@ def test_a_cpu_call_keeps_its_temporaries_in_heaps_it_reuses():
     proc = run_python(code, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     split, whole = map(float, proc.stdout.split())
-    assert whole > 10_000  # ~24,000 pages of 4 KB: the 88 MiB block mapped afresh
-    assert split < 1_000
+    # the 88 MiB block mapped afresh: ~24,000 pages of 4 KB, or ~44 of 2 MB where
+    # transparent huge pages are always on
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    huge = thp.exists() and "[always]" in thp.read_text()
+    assert whole > (30 if huge else 10_000)
+    assert split * 10 < whole
 
 
 def test_tune_malloc_leaves_xla_threads_their_own_arenas():
