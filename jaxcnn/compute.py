@@ -110,19 +110,6 @@ FIELDS = {f.name: f for f in dataclasses.fields(Compute)}
 # The fields a model reads; the others (dtype, unroll, XLA options) belong to the step.
 MODEL_FIELDS = ("conv", "pool", "fuse", "dx_form", "patch_form", "linear", "interpret", "mesh")
 
-# The XLA options a backend takes unless --xla-option names them. On a CPU: XLA packs a
-# call's temporary buffers into one block, allocated when the call starts and freed when it
-# ends. Calls run on PjRt's dispatch threads, whose glibc heaps end at 64 MiB: a larger
-# block is mapped afresh whatever `cli.tune_malloc` says, so each call faulted in and
-# zeroed cifar_cnn's 89 MiB (23,000 faults) and convnet's 84 MiB again. Split into
-# blocks of at most 60 MiB they stay in the thread's heap. Paired on the 2-core Zen 4 EPYC
-# (jax 0.10.2; docs/speed.md): calls of one step 1.64x (cifar_cnn) and 1.39x (convnet)
-# faster; cifar_cnn's calls of 20 steps (an epoch of the benchmark) 1.04-1.05x, convnet's
-# of 40 steps 1.00-1.03x. At 32 MiB convnet's 40-step calls were 0.93-1.01x (five runs).
-# The other seeds' temporaries are below 60 MiB: the same programs.
-CPU_HEAP_LIMIT = 60 << 20
-AUTO_XLA_OPTIONS = {"cpu": (("xla_multiheap_size_constraint_per_heap", CPU_HEAP_LIMIT),)}
-
 # XLA's CUDA-graph command buffers with the epoch's scan loop (WHILE) and its
 # conditionals inside them too: the whole epoch one graph launch (GPU only).
 WHOLE_EPOCH_GRAPH = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
@@ -163,8 +150,7 @@ def resolve(requested: Mapping[str, Any] | None = None, *, backend: str) -> Comp
     """The checked :class:`Compute` for ``requested`` options on ``backend``.
 
     Unset (or None) options take ``"auto"`` where they have an automatic choice
-    (measured per backend: README, "Speed options") and their default otherwise;
-    the XLA options asked for come after the backend's :data:`AUTO_XLA_OPTIONS`.
+    (measured per backend: README, "Speed options") and their default otherwise.
 
     Raises:
         UserError: for an unknown option or value, and for a kernel ``backend``
@@ -187,24 +173,13 @@ def resolve(requested: Mapping[str, Any] | None = None, *, backend: str) -> Comp
         values[name] = value
     if not isinstance(values["unroll"], int) or values["unroll"] < 1:
         raise UserError(f"--unroll must be at least 1, got {values['unroll']}")
-    requested_xla = tuple(tuple(item) for item in values["xla_options"])
-    values["xla_options"] = with_auto_xla_options(requested_xla, backend)
+    values["xla_options"] = tuple(tuple(item) for item in values["xla_options"])
     compute = Compute(**values)
     why = unavailable(compute, backend)
     if why:
         raise UserError(f"{why}; choose another --conv")
-    check_xla_options(requested_xla)  # the automatic ones are known good
+    check_xla_options(compute.xla_options)
     return compute
-
-
-def with_auto_xla_options(
-    options: tuple[tuple[str, Any], ...], backend: str
-) -> tuple[tuple[str, Any], ...]:
-    """``options`` after those of :data:`AUTO_XLA_OPTIONS` for ``backend`` that they do
-    not name (``--xla-option xla_multiheap_size_constraint_per_heap=-1`` lifts the CPU's)."""
-    named = {name for name, _ in options}
-    auto = tuple(item for item in AUTO_XLA_OPTIONS.get(backend, ()) if item[0] not in named)
-    return auto + options
 
 
 def unavailable(compute: Compute, backend: str) -> str | None:

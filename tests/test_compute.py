@@ -22,16 +22,6 @@ def test_auto_is_resolved_per_backend_and_explicit_choices_stay():
     assert {k: getattr(got, k) for k in asked} == asked
 
 
-def test_a_cpu_takes_its_automatic_xla_options_unless_they_are_named():
-    heap = ("xla_multiheap_size_constraint_per_heap", compute.CPU_HEAP_LIMIT)
-    assert compute.resolve({}, backend="cpu").xla_options == (heap,)
-    assert compute.resolve({}, backend="gpu").xla_options == ()
-    mine = compute.parse_xla_options(["xla_cpu_enable_fast_min_max=false"])
-    assert compute.resolve({"xla_options": mine}, backend="cpu").xla_options == (heap, *mine)
-    lifted = compute.parse_xla_options(["xla_multiheap_size_constraint_per_heap=-1"])
-    assert compute.resolve({"xla_options": lifted}, backend="cpu").xla_options == lifted
-
-
 @pytest.mark.parametrize(
     ("requested", "message"),
     [
