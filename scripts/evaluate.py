@@ -34,10 +34,10 @@ def main() -> None:
 
     config = train.get_config(args.model, args.dataset, data_dir=args.data_dir)
     if args.checkpoint.endswith((".pt", ".pth", ".safetensors")):
-        from parity import load_torch_checkpoint
+        from parity import load_torch_params
 
         program, state = train.create_program(
-            config, load_torch_checkpoint(args.checkpoint, args.model), executables(cache)
+            config, load_torch_params(args.checkpoint, args.model), executables(cache)
         )
     else:
         workdir, epoch = find_checkpoint_dir(args.checkpoint)

@@ -85,11 +85,11 @@ def main() -> None:
             devices=parallel.parse_devices(args.devices),
             **impl_overrides(args),
         )
-        init_model = None
+        init_params = None
         if args.init_from:
-            from parity import load_torch_checkpoint
+            from parity import load_torch_params
 
-            init_model = load_torch_checkpoint(args.init_from, args.model)
+            init_params = load_torch_params(args.init_from, args.model)
     workdir = args.workdir
     if workdir is None:
         workdir, note = workdirs.default_workdir(args.model, args.dataset, args.resume)
@@ -99,7 +99,7 @@ def main() -> None:
         config,
         workdir,
         resume=args.resume,
-        init_model=init_model,
+        init_model=init_params,
         progress=not args.no_progress,
         profile_dir=args.profile,
         hlo_dir=args.dump_hlo,
