@@ -71,6 +71,13 @@ class Compute:
     )
     dtype: str = _option("float32", "compute dtype; parameters stay float32", choices=DTYPES)
     unroll: int = _option(1, "copies of the training step per iteration of the epoch's loop")
+    microbatches: int | str = _option(
+        1,
+        "parts each training batch runs in, one after another, the gradient summed over "
+        "them (a count that divides the batch size; auto: on a CPU, enough parts that the "
+        "step's largest intermediate is at most 16 MiB, jaxcnn.microbatch)",
+        auto={"cpu": "auto"},
+    )
     dx_form: str = _option(
         "auto", "im2col's input-gradient form (auto: by the elements written)", choices=DX_FORMS
     )
@@ -173,6 +180,9 @@ def resolve(requested: Mapping[str, Any] | None = None, *, backend: str) -> Comp
         values[name] = value
     if not isinstance(values["unroll"], int) or values["unroll"] < 1:
         raise UserError(f"--unroll must be at least 1, got {values['unroll']}")
+    parts = values["microbatches"]
+    if parts != "auto" and (not isinstance(parts, int) or isinstance(parts, bool) or parts < 1):
+        raise UserError(f"--microbatches takes auto or a count of at least 1, got {parts}")
     values["xla_options"] = tuple(tuple(item) for item in values["xla_options"])
     compute = Compute(**values)
     why = unavailable(compute, backend)
@@ -265,6 +275,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def _parse_value(text: str, key: str, value: str):
     kind = type(FIELDS[key].default)
+    if value == "auto" and FIELDS[key].metadata["auto"]:
+        return value
     if kind is bool:
         return value.lower() in ("1", "true", "yes")
     if kind is int:
@@ -284,6 +296,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if isinstance(field.default, bool):
             action = argparse.BooleanOptionalAction if meta["auto"] else "store_true"
             parser.add_argument(flag, action=action, default=None, help=meta["help"])
+        elif meta["auto"] and meta["choices"] is None:  # a count or auto
+            parser.add_argument(flag, type=_count_or_auto, metavar="{auto,N}", help=meta["help"])
         elif meta["auto"]:
             parser.add_argument(flag, choices=["auto", *meta["choices"]], help=meta["help"])
         else:
@@ -297,6 +311,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="an XLA compiler option for the training and evaluation programs, e.g. "
         "xla_gpu_enable_command_buffer=FUSION,CUDNN,WHILE; repeatable",
     )
+
+
+def _count_or_auto(text: str) -> int | str:
+    """``--microbatches``'s value: ``auto`` or a positive count (argparse's type)."""
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"expected auto or a count of at least 1, got '{text}'")
 
 
 def from_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxcnn import compute, data, models, parallel
+from jaxcnn import compute, data, microbatch, models, parallel
 from jaxcnn.compute import PLAIN, Compute
 from jaxcnn.errors import UserError
 from jaxcnn.executables import Executables
@@ -122,6 +122,8 @@ def get_config(model: str, dataset: str, *, backend: str | None = None, **overri
     if not 0 <= config.seed <= MAX_SEED:
         raise UserError(f"--seed must be between 0 and 2**63 - 1, got {config.seed}")
     parallel.check_batch_size(config.batch_size, config.devices)
+    if config.devices > 1 and config.compute.microbatches not in ("auto", 1):
+        raise UserError("--microbatches needs --devices 1 (across devices a batch is split)")
     return config
 
 
@@ -302,10 +304,18 @@ def train_step(
     images = parallel.split_batch(images, program.mesh)
     labels = parallel.split_batch(labels, program.mesh)
 
-    def loss_fn(params):
+    def loss_fn(params, images, labels, key):
         return seed_loss(program.apply(params, images, key), labels, program.config.loss)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    args = (state.params, images, labels, key)
+    parts = program.config.compute.microbatches if program.mesh is None else 1
+    if parts == "auto":  # an extra trace, made only when a program is compiled
+        largest = microbatch.largest_intermediate(jax.value_and_grad(loss_fn), *args)
+        param_bytes = sum(p.nbytes for p in jax.tree.leaves(state.params))
+        parts = microbatch.parts_for(parts, images.shape[0], largest, param_bytes)
+    else:
+        parts = microbatch.parts_for(parts, images.shape[0], 0, 0)
+    loss, grads = microbatch.loss_and_grads(loss_fn, *args, parts)
     updates, opt_state = program.tx.update(grads, state.opt_state, state.params)
     return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 

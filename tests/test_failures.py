@@ -63,13 +63,15 @@ def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(idx_dir, tmp_
 
 
 def test_a_batch_too_big_for_memory_says_how_much_it_needs(tmp_path):
-    """convnet at batch 60000 asks for ~100 GB: refused before the first step, with the
-    numbers; this was a RESOURCE_EXHAUSTED traceback."""
+    """convnet at batch 60000 in one part asks for ~100 GB: refused before the first
+    step, with the numbers; this was a RESOURCE_EXHAUSTED traceback. (Under the default
+    ``--microbatches auto`` the batch would run in 1250 parts of 48 images.)"""
     make_idx_dir(tmp_path, n=60000)
     start = time.monotonic()
     out = run_script(
         "train.py", "--model", "convnet", "--dataset", "mnist", "--data-dir", str(tmp_path),
-        "--batch-size", "60000", "--workdir", str(tmp_path / "w"), "--no-progress", timeout=300,
+        "--batch-size", "60000", "--microbatches", "1", "--workdir", str(tmp_path / "w"),
+        "--no-progress", timeout=300,
     )  # fmt: skip
     assert_one_line(out, "does not fit in memory: its training program needs ")
     assert "at batch size 60000" in out.stderr and "lower --batch-size" in out.stderr

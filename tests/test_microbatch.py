@@ -1,0 +1,97 @@
+"""A batch in parts (``--microbatches``): the same gradient, and auto's choice of parts."""
+
+import argparse
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import compute, microbatch, train
+from jaxcnn.errors import UserError
+from jaxcnn.lab.inputs import random_split
+from jaxcnn.objectives import seed_loss
+
+MIB = 2**20
+
+
+def test_a_count_is_the_largest_divisor_of_the_batch_up_to_it():
+    assert microbatch.parts_for(4, 200, 0, 0) == 4
+    assert microbatch.parts_for(3, 100, 0, 0) == 2
+    assert microbatch.parts_for(8, 97, 0, 0) == 1  # a prime partial batch runs whole
+    assert microbatch.parts_for(1, 64, 0, 0) == 1
+
+
+def test_auto_splits_only_past_the_threshold_and_not_below_the_parameters():
+    def auto(batch, largest, param_bytes):
+        return microbatch.parts_for("auto", batch, largest, param_bytes)
+
+    assert auto(100, 7.5 * MIB, 1_000_000) == 1  # mnist_cnn: stays whole
+    assert auto(200, 25 * MIB, 140_000) == 8  # cifar_cnn: ~3 MiB parts of 25 images
+    assert auto(100, 31.6 * MIB, 4_800_000) == 2  # convnet: its 4.8 MB gradient caps it
+    assert auto(97, 40 * MIB, 1000) == 1  # no divisor: whole
+    assert auto(96, 40 * MIB, 1000) == 12  # the fewest parts of at most 4 MiB that divide 96
+
+
+def _loss_fn(program):
+    def loss_fn(params, images, labels, key):
+        return seed_loss(program.apply(params, images, key), labels, program.config.loss)
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("parts", [2, 4])
+def test_parts_give_the_batch_gradient(parts):
+    config = train.get_config("cifar_cnn", "cifar10", batch_size=8, microbatches=1)
+    program, state = train.create_program(config)
+    images, labels = random_split("cifar10", 8)
+    args = (state.params, images, labels, jax.random.key(0))
+    loss, grads = microbatch.loss_and_grads(_loss_fn(program), *args, 1)
+    split_loss, split_grads = microbatch.loss_and_grads(_loss_fn(program), *args, parts)
+    assert np.isclose(split_loss, loss, rtol=1e-6)
+    for whole, split in zip(jax.tree.leaves(grads), jax.tree.leaves(split_grads), strict=True):
+        scale = float(np.abs(whole).max())
+        assert scale > 0 and np.abs(np.asarray(split) - np.asarray(whole)).max() <= 1e-5 * scale
+
+
+def test_a_training_step_in_parts_steps_as_the_whole_batch():
+    """Through ``train_step`` and the flag: SGD's step is lr times the gradient."""
+    images, labels = random_split("mnist", 16)
+    states = {}
+    for parts in (1, 4):
+        config = train.get_config("basic_cnn", "mnist", batch_size=16, microbatches=parts)
+        program, state = train.create_program(config)
+        step = jax.jit(lambda s, x, y, p=program: train.train_step(p, s, (x, y), jax.random.key(0)))
+        states[parts] = jax.tree.leaves(step(state, images, labels)[0].params)
+    for whole, split in zip(states[1], states[4], strict=True):
+        assert np.allclose(split, whole, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("model", "parts"), [("convnet", 2), ("mnist_cnn", 1)])
+def test_auto_splits_the_seed_steps_with_large_intermediates(model, parts, monkeypatch):
+    seen = []
+    loss_and_grads = microbatch.loss_and_grads
+    monkeypatch.setattr(
+        microbatch, "loss_and_grads", lambda *a: seen.append(a[-1]) or loss_and_grads(*a)
+    )
+    config = train.get_config(model, "mnist", backend="cpu")
+    assert config.compute.microbatches == "auto"
+    program, state = train.create_program(config)
+    images, labels = random_split("mnist", config.batch_size)
+    key = jax.random.key(0)
+    jax.eval_shape(lambda s: train.train_step(program, s, (images, labels), key), state)
+    assert seen == [parts]
+
+
+def test_the_flag_takes_auto_or_a_count():
+    parser = argparse.ArgumentParser()
+    compute.add_flags(parser)
+    assert parser.parse_args(["--microbatches", "4"]).microbatches == 4
+    assert parser.parse_args(["--microbatches", "auto"]).microbatches == "auto"
+    for bad in ("0", "x", "-2"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--microbatches", bad])
+    assert compute.resolve({"microbatches": "auto"}, backend="gpu").microbatches == 1
+    with pytest.raises(UserError, match="--microbatches takes auto or a count"):
+        compute.resolve({"microbatches": 0}, backend="cpu")
+    with pytest.raises(UserError, match="--microbatches needs --devices 1"):
+        train.get_config("basic_cnn", "mnist", batch_size=8, devices=2, microbatches=2)
