@@ -17,7 +17,11 @@ from flax import nnx
 
 from jaxcnn import UserError, compute, kernels, models, train
 from jaxcnn.kernels import im2col, rowconv, tileconv, winograd
-from jaxcnn.kernels.materialise import MATERIALISE_MIN, materialise
+from jaxcnn.kernels.materialise import (
+    MATERIALISE_MIN,
+    MATERIALISE_MIN_PER_IMAGE,
+    materialise,
+)
 from jaxcnn.kernels.pool import max_and_first
 from jaxcnn.models import layers
 from jaxcnn.objectives import seed_loss
@@ -318,16 +322,17 @@ def test_row_form_output_is_materialised_once_if_large(batch):
         np.testing.assert_array_equal(materialise(a, token), a)
 
 
-@pytest.mark.parametrize("batch", [2, 1024])
-def test_winograd_input_gradient_is_materialised_once_if_large(batch):
-    """A large Winograd input gradient passes through the conditional, a small one
-    does not; the gradient is the same either way (the branches change nothing)."""
-    x = jax.random.normal(jax.random.key(1), (batch, 8, 8, 4))
+@pytest.mark.parametrize(("batch", "side"), [(2, 8), (1024, 8), (2, 32)])
+def test_winograd_input_gradient_is_materialised_once_if_large_per_image(batch, side):
+    """An input gradient large per image passes through the conditional, whatever the
+    batch (a batch in parts keeps its choice); a small one does not. The gradient is the
+    same either way (the branches change nothing)."""
+    x = jax.random.normal(jax.random.key(1), (batch, side, side, 4))
     k = jax.random.normal(jax.random.key(2), (3, 3, 4, 6))
     _, vjp = jax.vjp(lambda x: winograd.conv2d_winograd(x, k, None, 1), x)
-    dy = jnp.ones((batch, 8, 8, 6))
+    dy = jnp.ones((batch, side, side, 6))
     traced = str(jax.make_jaxpr(vjp)(dy))
-    assert ("cond[" in traced) == (x.size >= MATERIALISE_MIN)
+    assert ("cond[" in traced) == (side * side * 4 >= MATERIALISE_MIN_PER_IMAGE)
     want = im2col.plain_input_grad(dy, x.shape, k, 1, 1)
     np.testing.assert_allclose(vjp(dy)[0], want, rtol=1e-4, atol=1e-4)
 

@@ -95,3 +95,17 @@ def test_the_flag_takes_auto_or_a_count():
         compute.resolve({"microbatches": 0}, backend="cpu")
     with pytest.raises(UserError, match="--microbatches needs --devices 1"):
         train.get_config("basic_cnn", "mnist", batch_size=8, devices=2, microbatches=2)
+
+
+def test_a_batch_in_parts_keeps_the_kernels_choices():
+    """Winograd's input gradient is written out by its size per image (a conditional,
+    ``kernels.materialise``), so cifar_cnn's batch in 8 parts keeps the whole batch's."""
+    images, labels = random_split("cifar10", 200)
+    key = jax.random.key(0)
+    conds = {}
+    for parts in (1, 8):
+        config = train.get_config("cifar_cnn", "cifar10", microbatches=parts)
+        program, state = train.create_program(config)
+        jaxpr = jax.make_jaxpr(lambda s, p=program: train.train_step(p, s, (images, labels), key))
+        conds[parts] = str(jaxpr(state)).count("cond[")
+    assert conds[8] == conds[1] == 2  # the forward's output and the input gradient

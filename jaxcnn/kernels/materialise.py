@@ -13,6 +13,8 @@ import jax
 from jax import lax
 
 MATERIALISE_MIN = 1 << 18  # elements from which an output is worth writing out
+# ... or elements per image, for outputs whose choice must not move with the batch size
+MATERIALISE_MIN_PER_IMAGE = 4000
 
 
 def materialise(a: jax.Array, token: jax.Array) -> jax.Array:
@@ -30,7 +32,14 @@ def materialise(a: jax.Array, token: jax.Array) -> jax.Array:
     return lax.cond(first == first, lambda a: a, lambda a: a * 1, a)
 
 
-def materialise_if_large(a: jax.Array, token: jax.Array) -> jax.Array:
+def materialise_if_large(a: jax.Array, token: jax.Array, *, per_image: bool = False) -> jax.Array:
     """:func:`materialise` for ``a`` of at least :data:`MATERIALISE_MIN` elements, ``a``
-    as it is below: for a small array the recomputing costs less than the conditional."""
+    as it is below: for a small array the recomputing costs less than the conditional.
+
+    ``per_image``: count the elements of one image (``a``'s leading axis) against
+    :data:`MATERIALISE_MIN_PER_IMAGE`, so that a batch run in parts
+    (``jaxcnn.microbatch``) makes the choice the whole batch made.
+    """
+    if per_image:
+        return materialise(a, token) if a[0].size >= MATERIALISE_MIN_PER_IMAGE else a
     return materialise(a, token) if a.size >= MATERIALISE_MIN else a
