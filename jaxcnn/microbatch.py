@@ -85,6 +85,20 @@ def _subjaxprs(eqn):
                 yield inner
 
 
+def value_and_grad(loss_fn: Callable, requested: int | str, params, images, labels, key):
+    """``jax.value_and_grad(loss_fn)(params, images, labels, key)`` in the parts that
+    ``requested`` (``Compute.microbatches``) comes to for this batch: ``"auto"``
+    traces the whole batch's gradient once more to find its largest intermediate
+    (only when a program is compiled; a stored one is not traced)."""
+    largest = param_bytes = 0
+    if requested == "auto":
+        grad_fn = jax.value_and_grad(loss_fn)
+        largest = largest_intermediate(grad_fn, params, images, labels, key)
+        param_bytes = sum(p.nbytes for p in jax.tree.leaves(params))
+    parts = parts_for(requested, images.shape[0], largest, param_bytes)
+    return loss_and_grads(loss_fn, params, images, labels, key, parts)
+
+
 def loss_and_grads(loss_fn: Callable, params, images, labels, key, parts: int):
     """``jax.value_and_grad(loss_fn)(params, images, labels, key)``, over ``parts``
     equal parts of the batch: the mean of the parts' losses and gradients."""

@@ -307,15 +307,8 @@ def train_step(
     def loss_fn(params, images, labels, key):
         return seed_loss(program.apply(params, images, key), labels, program.config.loss)
 
-    args = (state.params, images, labels, key)
-    parts = program.config.compute.microbatches if program.mesh is None else 1
-    if parts == "auto":  # an extra trace, made only when a program is compiled
-        largest = microbatch.largest_intermediate(jax.value_and_grad(loss_fn), *args)
-        param_bytes = sum(p.nbytes for p in jax.tree.leaves(state.params))
-        parts = microbatch.parts_for(parts, images.shape[0], largest, param_bytes)
-    else:
-        parts = microbatch.parts_for(parts, images.shape[0], 0, 0)
-    loss, grads = microbatch.loss_and_grads(loss_fn, *args, parts)
+    requested = program.config.compute.microbatches if program.mesh is None else 1
+    loss, grads = microbatch.value_and_grad(loss_fn, requested, state.params, images, labels, key)
     updates, opt_state = program.tx.update(grads, state.opt_state, state.params)
     return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 
