@@ -66,20 +66,38 @@ def test_a_training_step_in_parts_steps_as_the_whole_batch():
         assert np.allclose(split, whole, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize(("model", "parts"), [("convnet", 2), ("mnist_cnn", 1)])
-def test_auto_splits_the_seed_steps_with_large_intermediates(model, parts, monkeypatch):
+@pytest.fixture
+def parts_seen(monkeypatch):
+    """The part counts that ``train_step`` hands to ``loss_and_grads``, in call order."""
     seen = []
     loss_and_grads = microbatch.loss_and_grads
     monkeypatch.setattr(
         microbatch, "loss_and_grads", lambda *a: seen.append(a[-1]) or loss_and_grads(*a)
     )
+    return seen
+
+
+def _trace_step(program, state, n):
+    images, labels = random_split(program.config.dataset, n)
+    key = jax.random.key(0)
+    jax.eval_shape(lambda s: train.train_step(program, s, (images, labels), key), state)
+
+
+@pytest.mark.parametrize(("model", "parts"), [("convnet", 2), ("mnist_cnn", 1)])
+def test_auto_splits_the_seed_steps_with_large_intermediates(model, parts, parts_seen):
     config = train.get_config(model, "mnist", backend="cpu")
     assert config.compute.microbatches == "auto"
     program, state = train.create_program(config)
-    images, labels = random_split("mnist", config.batch_size)
-    key = jax.random.key(0)
-    jax.eval_shape(lambda s: train.train_step(program, s, (images, labels), key), state)
-    assert seen == [parts]
+    _trace_step(program, state, config.batch_size)
+    assert parts_seen == [parts]
+
+
+def test_a_count_reaches_the_step_and_a_partial_batch_takes_a_divisor(parts_seen):
+    config = train.get_config("basic_cnn", "mnist", batch_size=16, microbatches=4)
+    program, state = train.create_program(config)
+    for n in (16, 6):  # a full batch, and an epoch's last of 6 images
+        _trace_step(program, state, n)
+    assert parts_seen == [4, 3]
 
 
 def test_the_flag_takes_auto_or_a_count():
