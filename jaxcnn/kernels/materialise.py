@@ -41,5 +41,6 @@ def materialise_if_large(a: jax.Array, token: jax.Array, *, per_image: bool = Fa
     (``jaxcnn.microbatch``) makes the choice the whole batch made.
     """
     if per_image:
-        return materialise(a, token) if a[0].size >= MATERIALISE_MIN_PER_IMAGE else a
+        per_image_size = a.size // a.shape[0]  # from the shape: a[0] would trace a slice
+        return materialise(a, token) if per_image_size >= MATERIALISE_MIN_PER_IMAGE else a
     return materialise(a, token) if a.size >= MATERIALISE_MIN else a
