@@ -3,7 +3,7 @@
 python scripts/bench.py [--data-dir DIR] [--models mnist_cnn basic_cnn inception resnet convnet]
     [--batch-sizes seed 1024] [--epochs 4] [--arms seed_loop torch_eager torch_graph
     torch_compile jaxcnn] [--variant NAME:fuse=1,conv=im2col ...] [--no-variants]
-    [--train-limit N] [--out results/bench] [--keep]
+    [--train-limit N] [--out results/bench] [--keep] [--rounds N] [--busy N]
 
 Same model, recipe, data (Fashion-MNIST) and epochs for every arm (see
 jaxcnn/lab/bench.py). Per (model, batch size, arm): median s/epoch after a warm-up
@@ -14,7 +14,9 @@ run again). Writes OUT.md (table, and the issue's speed targets checked) and
 OUT.png (bar chart). Arms this machine cannot run (CUDA graphs or the Pallas
 kernel without a GPU, the seeds' loop without torchvision) are listed as
 skipped. bfloat16 variants are reported as their own rows and never count
-towards the float32 targets.
+towards the float32 targets. ``--busy N`` runs N processes that each keep a core
+busy beside every arm: a laptop that is running something else
+(jaxcnn/lab/busy.py).
 """
 
 import argparse
@@ -55,6 +57,10 @@ def main() -> None:
         "--rounds", type=int, default=1,
         help="run each model's arms N times in rotating order; the speed ratio is paired",
     )  # fmt: skip
+    parser.add_argument(
+        "--busy", type=int, default=0,
+        help="run N busy processes (one core each) beside the arms: a CPU shared with other work",
+    )  # fmt: skip
     args = parser.parse_args()
 
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave torch its share
@@ -65,6 +71,7 @@ def main() -> None:
         args.models, args.batch_sizes, args.epochs, args.arms, args.variant,
         no_variants=args.no_variants, train_limit=args.train_limit, seed=args.seed,
         data_dir=args.data_dir, out=Path(args.out), keep=args.keep, rounds=args.rounds,
+        busy=args.busy,
     )  # fmt: skip
     print(table)
 

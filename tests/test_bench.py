@@ -7,6 +7,9 @@ torchvision) must be listed as skipped rather than crash the run.
 """
 
 import json
+import os
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,6 +18,7 @@ import torch
 
 from jaxcnn import UserError, compute
 from jaxcnn.lab import bench
+from jaxcnn.lab.busy import busy_processes
 from tests.helpers import make_idx_dir, run_script
 
 
@@ -290,18 +294,44 @@ def test_bench_rounds_end_to_end(tmp_path):
         "--data-dir", str(data_dir), "--models", "mlp", "--batch-sizes", "64",
         "--epochs", "2", "--arms", "torch_eager", "jaxcnn", "--no-variants", "--out", str(out),
     ]  # fmt: skip
-    result = run_script("bench.py", *args, "--rounds", "2", timeout=600)
+    # beside one busy process (--busy): the table and the JSON say so
+    result = run_script("bench.py", *args, "--rounds", "2", "--busy", "1", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    rows = saved["rows"]
+    assert saved["environment"]["busy_processes"] == 1
     assert {r["arm"]: len(r["rounds"]) for r in rows} == {"torch_eager": 1, "jaxcnn": 1}
     assert all(len(r["rounds"][0]) == 2 for r in rows)
     table = out.with_suffix(".md").read_text()
     assert "2 rounds in rotating order" in table and "(paired over 2 rounds: " in table
+    assert "1 busy process beside it" in table
+    # rows measured under another load are not mixed into it
+    quiet = run_script("bench.py", *args, "--rounds", "3", "--keep")
+    assert quiet.returncode == 2 and "was measured with --busy 1" in quiet.stderr
     # --keep with more rounds adds the missing round to every row
-    again = run_script("bench.py", *args, "--rounds", "3", "--keep", timeout=600)
+    again = run_script("bench.py", *args, "--rounds", "3", "--keep", "--busy", "1", timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     rows_again = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert {r["arm"]: len(r["rounds"]) for r in rows_again} == {"torch_eager": 2, "jaxcnn": 2}
     assert [r["epoch_seconds"] for r in rows_again] == [r["epoch_seconds"] for r in rows]
     bad = run_script("bench.py", *args, "--rounds", "0", "--out", str(tmp_path / "b2"))
     assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr
+    bad = run_script("bench.py", *args, "--busy", "-1", "--out", str(tmp_path / "b3"))
+    assert bad.returncode == 2 and "--busy must be 0 or more" in bad.stderr
+
+
+def test_busy_processes_keep_a_core_busy_and_stop_with_the_block():
+    def cpu_seconds(pid):  # utime + stime of /proc/PID/stat, in clock ticks
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs Linux's /proc")
+    with pytest.raises(KeyboardInterrupt), busy_processes(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+        time.sleep(0.5)
+        assert all(cpu_seconds(p.pid) > 0.1 for p in procs)  # spinning, not sleeping
+        raise KeyboardInterrupt  # Ctrl-C in the middle of a benchmark
+    assert all(p.returncode is not None for p in procs)  # killed and reaped
+    with busy_processes(0) as none:
+        assert none == []

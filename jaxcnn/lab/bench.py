@@ -415,16 +415,19 @@ def run(
     out: Path,
     keep: bool,
     rounds: int = 1,
+    busy: int = 0,
 ) -> str:
     """``scripts/bench.py``: every (model, batch size, arm) row, written to OUT.json and
     OUT.md after each one and plotted to OUT.png at the end; returns the table.
 
     ``batch_sizes``: ``"seed"`` (each recipe's) or positive integers, as strings.
     ``rounds``: how often each model's arms run, back to back, in rotating order
-    (:func:`run_rows`).
+    (:func:`run_rows`). ``busy``: processes that keep a core busy while the rows run
+    (:mod:`jaxcnn.lab.busy`); a run continued with ``keep`` must use the same count.
     """
     from jaxcnn import report, train
     from jaxcnn.errors import UserError
+    from jaxcnn.lab.busy import busy_processes
 
     for name in model_names:  # names, --epochs and --train-limit, as the trainer checks them
         train.get_config(name, "fashion_mnist", epochs=epochs, train_limit=train_limit)
@@ -432,24 +435,46 @@ def run(
     variants.update(parse_variant(v) for v in extra_variants)
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
+    if busy < 0:
+        raise UserError(f"--busy must be 0 or more, got {busy}")
     for value in batch_sizes:
         if value != "seed" and not (value.isdigit() and int(value) > 0):
             raise UserError(f"--batch-sizes: expected 'seed' or a positive integer, got '{value}'")
     json_path = out.with_suffix(".json")
     if json_path.exists() and not keep:
         raise UserError(f"'{json_path}' exists; pass --keep to continue it or choose another --out")
+    check_same_load(json_path, busy)
     report.ensure_dir(out.parent, "--out folder")
     with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-") as scratch:
         sources = make_sources(model_names, data_dir, train_limit, seed, Path(scratch))
-        return run_rows(
-            model_names, batch_sizes, epochs, arms, variants, sources, out,
-            train_limit=train_limit, seed=seed, data_dir=data_dir, rounds=rounds,
-        )  # fmt: skip
+        with busy_processes(busy):
+            return run_rows(
+                model_names, batch_sizes, epochs, arms, variants, sources, out,
+                train_limit=train_limit, seed=seed, data_dir=data_dir, rounds=rounds, busy=busy,
+            )  # fmt: skip
+
+
+def check_same_load(json_path: Path, busy: int) -> None:
+    """A run continued with ``--keep`` ran beside as many busy processes as this one:
+    rows measured under different loads would share one table."""
+    from jaxcnn.errors import UserError
+
+    if not json_path.exists():
+        return
+    try:
+        before = json.loads(json_path.read_text())["environment"].get("busy_processes", 0)
+    except (ValueError, KeyError, AttributeError, TypeError):
+        raise UserError(f"'{json_path}' is not a benchmark's JSON; choose another --out") from None
+    if before != busy:
+        raise UserError(
+            f"'{json_path}' was measured with --busy {before}; continue it with --busy {before} "
+            "or choose another --out"
+        )
 
 
 def run_rows(
     model_names, batch_sizes, epochs, arms, variants, sources, out, *,
-    train_limit: int | None, seed: int, data_dir: str, rounds: int = 1,
+    train_limit: int | None, seed: int, data_dir: str, rounds: int = 1, busy: int = 0,
 ) -> str:  # fmt: skip
     """:func:`run`'s rows, once the options are checked and the data is loaded.
 
@@ -462,10 +487,13 @@ def run_rows(
 
     json_path = out.with_suffix(".json")
     env = environment()
+    env["busy_processes"] = busy
     results = finished_rows(json_path)  # --keep: finished rows stay
     note = f"{epochs} epochs per arm (first = warm-up)"
     if rounds > 1:
         note += f", {rounds} rounds in rotating order"
+    if busy:
+        note += f", {busy} busy process{'es' if busy > 1 else ''} beside it (--busy)"
     if train_limit:
         note += f", first {train_limit} training images only"
     synthetic = [name for name, source in sources.items() if source.synthetic]
