@@ -31,31 +31,30 @@ PART_BYTES = 4 * 2**20  # ... into parts whose largest intermediate is about thi
 PARAM_PARTS = 3  # ... but at least this many times the parameters' bytes
 
 
-def parts_for(requested: int | str, batch: int, largest: int, param_bytes: int) -> int:
-    """How many equal parts a batch of ``batch`` images runs in.
+def count_parts(requested: int, batch: int) -> int:
+    """The parts an explicit ``--microbatches`` count gives a batch of ``batch`` images:
+    the largest divisor of the batch up to ``requested`` (an epoch's last, partial
+    batch may not divide by the count)."""
+    return max(d for d in range(1, requested + 1) if batch % d == 0)
 
-    ``requested``: ``Compute.microbatches``, a count or ``"auto"``; ``largest``: the
-    bytes of the whole batch's largest intermediate; ``param_bytes``: the model's.
-    A count must divide the batch: the largest divisor up to ``requested`` is taken
-    (an epoch's last, partial batch). Auto splits past :data:`SPLIT_FROM`, aiming at
-    :data:`PART_BYTES` a part (the fewest parts that reach it, if a divisor of the
-    batch lies within twice that), and stops where a part's largest intermediate
-    would be under :data:`PARAM_PARTS` times the parameters: each part adds a pass
-    over the gradient, and convnet's (4.8 MB) made 4 parts 7% slower than 2, where
-    cifar_cnn's (0.14 MB) left 8 parts 7% faster than 2.
+
+def auto_parts(batch: int, largest: int, param_bytes: int) -> int:
+    """The parts ``auto`` gives a batch of ``batch`` images whose largest intermediate
+    is ``largest`` bytes, for a model of ``param_bytes``.
+
+    Auto splits past :data:`SPLIT_FROM`, aiming at :data:`PART_BYTES` a part (the
+    fewest parts that reach it, if a divisor of the batch lies within twice that),
+    and stops where a part's largest intermediate would be under :data:`PARAM_PARTS`
+    times the parameters: each part adds a pass over the gradient, and convnet's
+    (4.8 MB) made 4 parts 7% slower than 2, where cifar_cnn's (0.14 MB) left 8 parts
+    7% faster than 2.
     """
-    if requested != "auto":
-        return _divisor_at_most(batch, int(requested))
     if largest <= SPLIT_FROM:
         return 1
     need = math.ceil(largest / PART_BYTES)
     most = max(1, int(largest // (PARAM_PARTS * param_bytes)))
     above = [d for d in range(need, min(2 * need, most) + 1) if batch % d == 0]
-    return above[0] if above else _divisor_at_most(batch, min(need, most))
-
-
-def _divisor_at_most(n: int, k: int) -> int:
-    return max(d for d in range(1, k + 1) if n % d == 0)
+    return above[0] if above else count_parts(min(need, most), batch)
 
 
 def largest_intermediate(fn: Callable, *args) -> int:
@@ -90,12 +89,13 @@ def value_and_grad(loss_fn: Callable, requested: int | str, params, images, labe
     ``requested`` (``Compute.microbatches``) comes to for this batch: ``"auto"``
     traces the whole batch's gradient once more to find its largest intermediate
     (only when a program is compiled; a stored one is not traced)."""
-    largest = param_bytes = 0
+    batch = images.shape[0]
     if requested == "auto":
         grad_fn = jax.value_and_grad(loss_fn)
         largest = largest_intermediate(grad_fn, params, images, labels, key)
-        param_bytes = sum(p.nbytes for p in jax.tree.leaves(params))
-    parts = parts_for(requested, images.shape[0], largest, param_bytes)
+        parts = auto_parts(batch, largest, sum(p.nbytes for p in jax.tree.leaves(params)))
+    else:
+        parts = count_parts(int(requested), batch)
     return loss_and_grads(loss_fn, params, images, labels, key, parts)
 
 

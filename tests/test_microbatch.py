@@ -15,16 +15,14 @@ MIB = 2**20
 
 
 def test_a_count_is_the_largest_divisor_of_the_batch_up_to_it():
-    assert microbatch.parts_for(4, 200, 0, 0) == 4
-    assert microbatch.parts_for(3, 100, 0, 0) == 2
-    assert microbatch.parts_for(8, 97, 0, 0) == 1  # a prime partial batch runs whole
-    assert microbatch.parts_for(1, 64, 0, 0) == 1
+    assert microbatch.count_parts(4, 200) == 4
+    assert microbatch.count_parts(3, 100) == 2
+    assert microbatch.count_parts(8, 97) == 1  # a prime partial batch runs whole
+    assert microbatch.count_parts(1, 64) == 1
 
 
 def test_auto_splits_only_past_the_threshold_and_not_below_the_parameters():
-    def auto(batch, largest, param_bytes):
-        return microbatch.parts_for("auto", batch, largest, param_bytes)
-
+    auto = microbatch.auto_parts
     assert auto(100, 7.5 * MIB, 1_000_000) == 1  # mnist_cnn: stays whole
     assert auto(200, 25 * MIB, 140_000) == 8  # cifar_cnn: ~3 MiB parts of 25 images
     assert auto(100, 31.6 * MIB, 4_800_000) == 2  # convnet: its 4.8 MB gradient caps it
