@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxcnn import UserError, compute, kernels, models, train
 from jaxcnn.kernels import im2col, rowconv, tileconv, winograd
+from jaxcnn.kernels.bias import add_bias, channel_sum
 from jaxcnn.kernels.materialise import (
     MATERIALISE_MIN,
     MATERIALISE_MIN_PER_IMAGE,
@@ -264,6 +265,41 @@ def test_conv_layer_matches_xla(kernel, stride, padding, impl, options):
         # sums of ~400 float32 terms in another order (pallas_wgrad's bias gradient,
         # which reaches ~300 here, is off by ~3e-4 = 1e-6 relative)
         np.testing.assert_allclose(got, want, rtol=0, atol=max(1e-4, 2e-6 * np.abs(want).max()))
+
+
+@pytest.mark.parametrize(
+    ("shape", "wide"),
+    [
+        ((4, 28, 28, 6), 48),  # lenet5's conv1: a [9408, 48] view
+        ((5, 14, 14, 20), 80),
+        ((3, 5, 7, 10), None),  # 1,050 elements: no view of 80 columns, the plain sum
+        ((2, 8, 8, 16), None),  # already a whole vector of channels
+    ],
+)
+def test_channel_sum_is_the_sum_over_all_but_the_channels(shape, wide):
+    a = jax.random.normal(jax.random.key(0), shape) + 3.0
+    got = channel_sum(a)
+    np.testing.assert_allclose(got, np.asarray(a, np.float64).sum((0, 1, 2)), rtol=2e-6)
+    widths = [e.params["new_sizes"][-1] for e in jax.make_jaxpr(channel_sum)(a).eqns
+              if e.primitive.name == "reshape"]  # fmt: skip
+    assert (wide in widths) if wide else widths == [shape[-1]]
+    half = a.astype(jnp.bfloat16)  # other dtypes: the plain sum
+    assert channel_sum(half).dtype == jnp.bfloat16
+    np.testing.assert_array_equal(channel_sum(half), half.reshape(-1, shape[-1]).sum(0))
+
+
+def test_add_bias_has_autodiffs_gradients():
+    y = jax.random.normal(jax.random.key(1), (4, 28, 28, 6))
+    b = jax.random.normal(jax.random.key(2), (6,))
+
+    def loss(add, y, b):
+        return jnp.sum(jnp.sin(add(y, b)) * jnp.arange(6.0))
+
+    got = jax.grad(lambda y, b: loss(add_bias, y, b), argnums=(0, 1))(y, b)
+    want = jax.grad(lambda y, b: loss(jnp.add, y, b), argnums=(0, 1))(y, b)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+    assert add_bias(y.astype(jnp.bfloat16), b).dtype == jnp.bfloat16
 
 
 def assert_stride1_conv_matches_xla(conv, x, k, padding):
