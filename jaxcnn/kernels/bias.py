@@ -7,7 +7,11 @@ same sum over a row-major view [rows, lcm(C, 16)] (one reduce over the rows, a
 vector-aligned minor axis), folded back to C at the end: on the 2-core AMD EPYC
 (Zen 4, jax 0.10.2), alone, [100, 28, 28, 6] in 0.168 ms against 0.059 and
 [100, 28, 28, 10] in 0.160 against 0.060; with 16 channels both were the same.
-The view is a reshape of the contiguous array: no copy.
+The view is a reshape of the contiguous array: no copy. Whole training steps,
+paired in one process (12 rounds of 10 steps, two runs): lenet5 1.05x and 1.02x,
+blitz_net 1.05x and 1.04x, simple_cnn 1.03x twice, basic_cnn 1.02x, inception
+1.02x, mnist_cnn 1.00x and 1.01x; the seeds whose channels are multiples of 16
+(convnet, resnet, cifar_cnn) compile to the same programs.
 """
 
 from __future__ import annotations
