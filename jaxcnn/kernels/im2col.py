@@ -104,7 +104,8 @@ def conv2d_im2col(
     ``dx_form``: the input gradient as ``"correlation"``, ``"col2im"`` or, with
     ``"auto"``, whichever writes fewer elements (:func:`_dx_form`).
     The bias is added outside the custom VJP, so its gradient (a sum over
-    N,H',W') is left to autodiff.
+    N,H',W') is left to autodiff (:func:`jaxcnn.kernels.conv2d` passes none and adds
+    it with :mod:`~jaxcnn.kernels.bias`).
     """
     y = _conv(x, kernel.astype(x.dtype), stride, padding, x.shape[1:3], dx_form)
     return y if bias is None else y + bias.astype(y.dtype)

@@ -68,7 +68,8 @@ def conv2d_rows(
 ) -> jax.Array:
     """``F.conv2d`` at stride 1 with symmetric zero ``padding``: [N,H,W,C] x HWIO -> [N,H',W',O].
 
-    The bias is added outside the custom VJP; autodiff sums its gradient.
+    The bias is added outside the custom VJP; autodiff sums its gradient
+    (:func:`jaxcnn.kernels.conv2d` passes none and adds it with :mod:`~jaxcnn.kernels.bias`).
     """
     y = _conv(x, kernel.astype(x.dtype), padding)
     return y if bias is None else y + bias.astype(y.dtype)

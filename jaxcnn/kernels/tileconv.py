@@ -72,7 +72,8 @@ def conv2d_tiles(
 ) -> jax.Array:
     """``F.conv2d`` at stride 1 with symmetric zero ``padding``: [N,H,W,C] x HWIO -> [N,H',W',O].
 
-    The bias is added outside the custom VJP; autodiff sums its gradient.
+    The bias is added outside the custom VJP; autodiff sums its gradient
+    (:func:`jaxcnn.kernels.conv2d` passes none and adds it with :mod:`~jaxcnn.kernels.bias`).
     """
     out_width = x.shape[2] + 2 * padding - kernel.shape[1] + 1
     y = _conv(x, kernel.astype(x.dtype), padding, tile_width(out_width))

@@ -1,9 +1,10 @@
 """Busy processes beside a benchmark: a laptop that is also running something else.
 
 A tutorial's CPU is rarely idle: a browser, an editor, a video call. On the 2-core
-development machine one busy process beside the benchmark left jaxcnn's epochs
-1.15-1.2x slower and PyTorch's (OpenMP, 2 threads) about 3x slower (docs/speed.md),
-so the quiet-machine table alone understates what a user sees. ``scripts/bench.py
+development machine, with one busy process beside the benchmark, jaxcnn's epochs
+took 1.2-2.0x as long as on the quiet machine and PyTorch's best (OpenMP, 2
+threads) 2.9-4.4x (docs/speed.md): the quiet table alone understates what a user
+sees. ``scripts/bench.py
 --busy N`` runs N of these for the whole benchmark; they stop with it, however it
 ends.
 """
