@@ -12,7 +12,6 @@ from flax import linen
 
 from jaxcnn.compute import POOLS, Compute
 from jaxcnn.kernels import rowconv, tileconv, winograd
-from jaxcnn.kernels.bias import add_bias
 from jaxcnn.kernels.im2col import conv2d_gemm_wgrad, conv2d_im2col
 from jaxcnn.kernels.pallas_wgrad import conv2d_pallas_wgrad
 from jaxcnn.kernels.pool import avg_pool_shifted, max_pool_reshape
@@ -26,9 +25,18 @@ def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.
     the tiles or the row form per convolution (:func:`~jaxcnn.kernels.winograd.applies`,
     :func:`~jaxcnn.kernels.tileconv.applies`, :func:`~jaxcnn.kernels.rowconv.applies`).
     """
-    if compute.conv == "im2col":  # the bias's gradient as :mod:`~jaxcnn.kernels.bias` sums it
-        y = _im2col_family(x, kernel, stride, padding, compute)
-        return y if bias is None else add_bias(y, bias)
+    form = compute.patch_form
+    if compute.conv == "im2col" and winograd.applies(
+        form, kernel.shape, stride, x.dtype, x.shape, padding
+    ):
+        return winograd.conv2d_winograd(x, kernel, bias, padding)
+    form = "auto" if form == "winograd" else form  # where Winograd's form does not exist
+    if compute.conv == "im2col" and tileconv.applies(form, kernel.shape, stride):
+        return tileconv.conv2d_tiles(x, kernel, bias, padding)
+    if compute.conv == "im2col" and rowconv.applies(form, kernel.shape, stride):
+        return rowconv.conv2d_rows(x, kernel, bias, padding)
+    if compute.conv == "im2col":
+        return conv2d_im2col(x, kernel, bias, stride, padding, compute.dx_form)
     if compute.conv == "gemm_wgrad":
         return conv2d_gemm_wgrad(x, kernel, bias, stride, padding)
     if compute.conv == "pallas_wgrad":
@@ -36,20 +44,6 @@ def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.
             x, kernel, bias, stride, padding, interpret=compute.interpret, mesh=compute.mesh
         )
     raise ValueError(f"no conv kernel {compute.conv!r}")
-
-
-def _im2col_family(x, kernel, stride: int, padding: int, compute: Compute) -> jax.Array:
-    """The ``"im2col"`` convolution without its bias, in the form ``compute.patch_form``
-    picks for this one."""
-    form = compute.patch_form
-    if winograd.applies(form, kernel.shape, stride, x.dtype, x.shape, padding):
-        return winograd.conv2d_winograd(x, kernel, None, padding)
-    form = "auto" if form == "winograd" else form  # where Winograd's form does not exist
-    if tileconv.applies(form, kernel.shape, stride):
-        return tileconv.conv2d_tiles(x, kernel, None, padding)
-    if rowconv.applies(form, kernel.shape, stride):
-        return rowconv.conv2d_rows(x, kernel, None, padding)
-    return conv2d_im2col(x, kernel, None, stride, padding, compute.dx_form)
 
 
 def max_pool2d(x: jax.Array, kernel_size: int, compute: Compute) -> jax.Array:

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.kernels.bias import add_bias
+
 # [M, a] x [M, b] -> [a, b]: a product contracting the rows (the pixels or the batch),
 # the form of every weight gradient here
 CONTRACT_ROWS = (((0,), (0,)), ((), ()))
@@ -103,12 +105,11 @@ def conv2d_im2col(
 
     ``dx_form``: the input gradient as ``"correlation"``, ``"col2im"`` or, with
     ``"auto"``, whichever writes fewer elements (:func:`_dx_form`).
-    The bias is added outside the custom VJP, so its gradient (a sum over
-    N,H',W') is left to autodiff (:func:`jaxcnn.kernels.conv2d` passes none and adds
-    it with :mod:`~jaxcnn.kernels.bias`).
+    The bias is added outside the custom VJP, by :func:`~jaxcnn.kernels.bias.add_bias`
+    (its gradient a sum over N,H',W').
     """
     y = _conv(x, kernel.astype(x.dtype), stride, padding, x.shape[1:3], dx_form)
-    return y if bias is None else y + bias.astype(y.dtype)
+    return y if bias is None else add_bias(y, bias)
 
 
 # in_hw (x's spatial size) is static too: with a stride, the input rows no

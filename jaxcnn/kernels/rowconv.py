@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.kernels.bias import add_bias
 from jaxcnn.kernels.im2col import (
     CHANNEL_MAJOR_MAX_OUT,
     CONTRACT_ROWS,
@@ -68,11 +69,10 @@ def conv2d_rows(
 ) -> jax.Array:
     """``F.conv2d`` at stride 1 with symmetric zero ``padding``: [N,H,W,C] x HWIO -> [N,H',W',O].
 
-    The bias is added outside the custom VJP; autodiff sums its gradient
-    (:func:`jaxcnn.kernels.conv2d` passes none and adds it with :mod:`~jaxcnn.kernels.bias`).
+    The bias is added outside the custom VJP, by :func:`~jaxcnn.kernels.bias.add_bias`.
     """
     y = _conv(x, kernel.astype(x.dtype), padding)
-    return y if bias is None else y + bias.astype(y.dtype)
+    return y if bias is None else add_bias(y, bias)
 
 
 def row_weights(kernel: jax.Array) -> jax.Array:

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.kernels.bias import add_bias
 from jaxcnn.kernels.im2col import (
     CHANNEL_MAJOR_MAX_OUT,
     CONTRACT_ROWS,
@@ -72,12 +73,11 @@ def conv2d_tiles(
 ) -> jax.Array:
     """``F.conv2d`` at stride 1 with symmetric zero ``padding``: [N,H,W,C] x HWIO -> [N,H',W',O].
 
-    The bias is added outside the custom VJP; autodiff sums its gradient
-    (:func:`jaxcnn.kernels.conv2d` passes none and adds it with :mod:`~jaxcnn.kernels.bias`).
+    The bias is added outside the custom VJP, by :func:`~jaxcnn.kernels.bias.add_bias`.
     """
     out_width = x.shape[2] + 2 * padding - kernel.shape[1] + 1
     y = _conv(x, kernel.astype(x.dtype), padding, tile_width(out_width))
-    return y if bias is None else y + bias.astype(y.dtype)
+    return y if bias is None else add_bias(y, bias)
 
 
 def toeplitz(kernel: jax.Array, bw: int) -> jax.Array:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxcnn.kernels.bias import add_bias
 from jaxcnn.kernels.materialise import materialise, materialise_if_large
 
 # Toom-Cook's finite points, in order; F(m, r) takes the first m + r - 2. F(4x4, 3x3) on
@@ -77,11 +78,10 @@ def conv2d_winograd(
 ) -> jax.Array:
     """``F.conv2d`` at stride 1 with symmetric zero ``padding``: [N,H,W,C] x HWIO -> [N,H',W',O].
 
-    The bias is added outside the custom VJP; autodiff sums its gradient
-    (:func:`jaxcnn.kernels.conv2d` passes none and adds it with :mod:`~jaxcnn.kernels.bias`).
+    The bias is added outside the custom VJP, by :func:`~jaxcnn.kernels.bias.add_bias`.
     """
     y = _conv(x, kernel.astype(x.dtype), padding)
-    return y if bias is None else y + bias.astype(y.dtype)
+    return y if bias is None else add_bias(y, bias)
 
 
 @functools.cache

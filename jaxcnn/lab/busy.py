@@ -4,9 +4,8 @@ A tutorial's CPU is rarely idle: a browser, an editor, a video call. On the 2-co
 development machine, with one busy process beside the benchmark, jaxcnn's epochs
 took 1.2-2.0x as long as on the quiet machine and PyTorch's best (OpenMP, 2
 threads) 2.9-4.4x (docs/speed.md): the quiet table alone understates what a user
-sees. ``scripts/bench.py
---busy N`` runs N of these for the whole benchmark; they stop with it, however it
-ends.
+sees. ``scripts/bench.py --busy N`` runs N of these for the whole benchmark; they
+stop with it, however it ends.
 """
 
 from __future__ import annotations
