@@ -18,12 +18,11 @@ from jaxcnn.cli import (
 from jaxcnn.errors import UserError
 
 
-def main() -> None:
-    import_flax()  # before anything imports flax: the models' names below do
-    from jaxcnn.models import MODELS
-
+def build_parser(models) -> argparse.ArgumentParser:
+    """The flags: the run's (model, data, workdir, recipe overrides, devices, outputs)
+    and, from ``jaxcnn.cli``, how a step computes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
+    parser.add_argument("--model", required=True, help=f"one of: {', '.join(models)}")
     add_data_flags(parser)
     parser.add_argument("--workdir", help="where files go (default: runs/<model>-<dataset>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
@@ -57,18 +56,15 @@ def main() -> None:
     parser.add_argument("--profile", help="write a jax.profiler trace of 10 steps to this dir")
     parser.add_argument("--dump-hlo", help="write the optimized HLO to this dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args()
+    return parser
 
-    cache = enable_compilation_cache()
-    from jaxcnn import experiment, parallel, train
-    from jaxcnn import workdir as workdirs
 
-    if args.distributed:
-        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    elif args.coordinator or args.num_processes is not None or args.process_id is not None:
-        raise UserError("--coordinator, --num-processes and --process-id need --distributed")
+def config_and_init(args):
+    """The run's config from the seed's recipe and the flags, and the initial parameters
+    of ``--init-from`` (None without it); any process's bad flag stops them all."""
+    from jaxcnn import parallel, train
 
-    with parallel.all_or_none():  # one process's bad flag stops them all
+    with parallel.all_or_none():
         config = train.get_config(
             args.model,
             args.dataset,
@@ -90,6 +86,23 @@ def main() -> None:
             from parity import load_torch_params
 
             init_params = load_torch_params(args.init_from, args.model)
+    return config, init_params
+
+
+def main() -> None:
+    import_flax()  # before anything imports flax: the models' names below do
+    from jaxcnn.models import MODELS
+
+    args = build_parser(MODELS).parse_args()
+    cache = enable_compilation_cache()
+    from jaxcnn import experiment, parallel
+    from jaxcnn import workdir as workdirs
+
+    if args.distributed:
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    elif args.coordinator or args.num_processes is not None or args.process_id is not None:
+        raise UserError("--coordinator, --num-processes and --process-id need --distributed")
+    config, init_params = config_and_init(args)
     workdir = args.workdir
     if workdir is None:
         workdir, note = workdirs.default_workdir(args.model, args.dataset, args.resume)
