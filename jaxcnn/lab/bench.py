@@ -472,6 +472,25 @@ def check_same_load(json_path: Path, busy: int) -> None:
         )
 
 
+def run_note(epochs: int, rounds: int, busy: int, train_limit: int | None, sources) -> str:
+    """The markdown header's account of how the numbers were taken: epochs, rounds,
+    busy processes, the training images used and which models ran on synthetic data."""
+    note = f"{epochs} epochs per arm (first = warm-up)"
+    if rounds > 1:
+        note += f", {rounds} rounds in rotating order"
+    if busy:
+        note += f", {busy} busy process{'es' if busy > 1 else ''} beside it (--busy)"
+    if train_limit:
+        note += f", first {train_limit} training images only"
+    synthetic = [name for name, source in sources.items() if source.synthetic]
+    if synthetic:
+        note += (
+            f"; {', '.join(synthetic)} on synthetic 32x32x3 data "
+            f"({len(sources[synthetic[0]].torch_data[0])} random images: accuracy means nothing)"
+        )
+    return note
+
+
 def run_rows(
     model_names, batch_sizes, epochs, arms, variants, sources, out, *,
     train_limit: int | None, seed: int, data_dir: str, rounds: int = 1, busy: int = 0,
@@ -489,19 +508,7 @@ def run_rows(
     env = environment()
     env["busy_processes"] = busy
     results = finished_rows(json_path)  # --keep: finished rows stay
-    note = f"{epochs} epochs per arm (first = warm-up)"
-    if rounds > 1:
-        note += f", {rounds} rounds in rotating order"
-    if busy:
-        note += f", {busy} busy process{'es' if busy > 1 else ''} beside it (--busy)"
-    if train_limit:
-        note += f", first {train_limit} training images only"
-    synthetic = [name for name, source in sources.items() if source.synthetic]
-    if synthetic:
-        note += (
-            f"; {', '.join(synthetic)} on synthetic 32x32x3 data "
-            f"({len(sources[synthetic[0]].torch_data[0])} random images: accuracy means nothing)"
-        )
+    note = run_note(epochs, rounds, busy, train_limit, sources)
 
     @cache
     def raw_root() -> str:
