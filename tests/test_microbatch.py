@@ -125,3 +125,18 @@ def test_a_batch_in_parts_keeps_the_kernels_choices():
         jaxpr = jax.make_jaxpr(lambda s, p=program: train.train_step(p, s, (images, labels), key))
         conds[parts] = str(jaxpr(state)).count("cond[")
     assert conds[8] == conds[1] == 2  # the forward's output and the input gradient
+
+
+def _scan_unrolls(parts: int) -> list[int]:
+    """The ``unroll`` of every scan in the jaxpr of a cifar_cnn gradient in ``parts``."""
+    config = train.get_config("cifar_cnn", "cifar10", batch_size=24, microbatches=1)
+    program, state = train.create_program(config)
+    images, labels = random_split("cifar10", 24)
+    args = (state.params, images, labels, jax.random.key(0))
+    jaxpr = jax.make_jaxpr(lambda *a: microbatch.loss_and_grads(_loss_fn(program), *a, parts))
+    return [e.params["unroll"] for e in jaxpr(*args).jaxpr.eqns if e.primitive.name == "scan"]
+
+
+@pytest.mark.parametrize(("parts", "unroll"), [(2, 1), (3, 1), (4, 2), (8, 2)])
+def test_from_four_parts_the_scan_runs_two_an_iteration(parts, unroll):
+    assert _scan_unrolls(parts) == [unroll]
