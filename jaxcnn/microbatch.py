@@ -15,8 +15,9 @@ time; unrolled, XLA interleaved the halves (convnet 1.09x). From :data:`PAIRED_F
 parts the scan runs two parts an iteration (:func:`parts_per_iteration`): XLA then
 overlaps one part's small ops with the other's on the two cores, and the caches hold
 two parts' intermediates. Paired steps (2-core AMD EPYC Zen 4, jax 0.10.2): cifar_cnn
-in 8 parts 1.11x (two runs), in 4 parts 1.12x, convnet in 4 parts 1.08x; cifar_cnn's 8
-parts four an iteration 1.07x and all in one 0.78x, convnet's 2 parts in one 0.83x.
+in 8 parts 1.04-1.11x (five runs, median 1.10), in 4 parts 1.12x, convnet in 4 parts
+1.08x; cifar_cnn's 8 parts four an iteration 1.07x and all in one 0.78x, convnet's 2
+parts in one 0.83x.
 The parts are equal, so the batch's gradient is the mean of theirs: the same sum up to
 float rounding, and the optimizer steps once. Dropout draws each part's masks from
 ``fold_in(key, part)``.
