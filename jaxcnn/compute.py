@@ -73,7 +73,8 @@ class Compute:
     unroll: int = _option(1, "copies of the training step per iteration of the epoch's loop")
     microbatches: int | str = _option(
         1,
-        "parts each training batch runs in, one after another, the gradient their mean "
+        "parts each training batch runs in, in turn (two at a time from 4 parts), the "
+        "gradient their mean "
         "(a count that divides the batch size; auto: on a CPU, parts where the step's "
         "largest intermediate passes 16 MiB, jaxcnn.microbatch)",
         auto={"cpu": "auto"},
