@@ -8,6 +8,9 @@ torchvision) must be listed as skipped rather than crash the run.
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -335,3 +338,34 @@ def test_busy_processes_keep_a_core_busy_and_stop_with_the_block():
     assert all(p.returncode is not None for p in procs)  # killed and reaped
     with busy_processes(0) as none:
         assert none == []
+
+
+def test_busy_processes_stop_when_the_benchmark_is_killed_outright(tmp_path):
+    """SIGKILL runs no ``finally``: the busy process must notice its parent is gone."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs Linux's /proc")
+    code = (
+        "import time\nfrom jaxcnn.lab.busy import busy_processes\n"
+        "with busy_processes(1) as procs:\n    print(procs[0].pid, flush=True)\n    time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(child):
+        time.sleep(0.05)
+    outlived = _running(child)
+    if outlived:
+        os.kill(child, signal.SIGKILL)  # not left spinning by a failing test
+    assert not outlived, "the busy process outlived the killed benchmark"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs: its /proc entry exists and is not a zombie (an orphan's
+    exit may never be reaped where PID 1 reaps nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
