@@ -324,8 +324,8 @@ def test_bench_rounds_end_to_end(tmp_path):
 
 
 def test_busy_processes_keep_a_core_busy_and_stop_with_the_block():
-    def cpu_seconds(pid):  # utime + stime of /proc/PID/stat, in clock ticks
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    def cpu_seconds(pid):  # utime + stime, in clock ticks
+        fields = _stat_fields(pid)
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     if not Path("/proc/self/stat").exists():
@@ -340,7 +340,7 @@ def test_busy_processes_keep_a_core_busy_and_stop_with_the_block():
         assert none == []
 
 
-def test_busy_processes_stop_when_the_benchmark_is_killed_outright(tmp_path):
+def test_busy_processes_stop_when_the_benchmark_is_killed_outright():
     """SIGKILL runs no ``finally``: the busy process must notice its parent is gone."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs Linux's /proc")
@@ -365,7 +365,11 @@ def _running(pid: int) -> bool:
     """Whether ``pid`` runs: its /proc entry exists and is not a zombie (an orphan's
     exit may never be reaped where PID 1 reaps nothing)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _stat_fields(pid)[0] != "Z"
     except FileNotFoundError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
