@@ -37,14 +37,19 @@ def _loss_fn(program):
     return loss_fn
 
 
+def _cifar_gradient(batch: int):
+    """cifar_cnn's loss function and ``loss_and_grads``' arguments for a random batch."""
+    config = train.get_config("cifar_cnn", "cifar10", batch_size=batch, microbatches=1)
+    program, state = train.create_program(config)
+    images, labels = random_split("cifar10", batch)
+    return _loss_fn(program), (state.params, images, labels, jax.random.key(0))
+
+
 @pytest.mark.parametrize("parts", [2, 4])
 def test_parts_give_the_batch_gradient(parts):
-    config = train.get_config("cifar_cnn", "cifar10", batch_size=8, microbatches=1)
-    program, state = train.create_program(config)
-    images, labels = random_split("cifar10", 8)
-    args = (state.params, images, labels, jax.random.key(0))
-    loss, grads = microbatch.loss_and_grads(_loss_fn(program), *args, 1)
-    split_loss, split_grads = microbatch.loss_and_grads(_loss_fn(program), *args, parts)
+    loss_fn, args = _cifar_gradient(8)
+    loss, grads = microbatch.loss_and_grads(loss_fn, *args, 1)
+    split_loss, split_grads = microbatch.loss_and_grads(loss_fn, *args, parts)
     assert np.isclose(split_loss, loss, rtol=1e-6)
     for whole, split in zip(jax.tree.leaves(grads), jax.tree.leaves(split_grads), strict=True):
         scale = float(np.abs(whole).max())
@@ -129,11 +134,8 @@ def test_a_batch_in_parts_keeps_the_kernels_choices():
 
 def _scan_unrolls(parts: int) -> list[int]:
     """The ``unroll`` of every scan in the jaxpr of a cifar_cnn gradient in ``parts``."""
-    config = train.get_config("cifar_cnn", "cifar10", batch_size=24, microbatches=1)
-    program, state = train.create_program(config)
-    images, labels = random_split("cifar10", 24)
-    args = (state.params, images, labels, jax.random.key(0))
-    jaxpr = jax.make_jaxpr(lambda *a: microbatch.loss_and_grads(_loss_fn(program), *a, parts))
+    loss_fn, args = _cifar_gradient(24)
+    jaxpr = jax.make_jaxpr(lambda *a: microbatch.loss_and_grads(loss_fn, *a, parts))
     return [e.params["unroll"] for e in jaxpr(*args).jaxpr.eqns if e.primitive.name == "scan"]
 
 
