@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 
+from jaxcnn import microbatch
 from jaxcnn.errors import UserError, first_line
 
 CONVS = ("xla", "im2col", "gemm_wgrad", "pallas_wgrad")  # jaxcnn.kernels.conv2d
@@ -73,10 +74,10 @@ class Compute:
     unroll: int = _option(1, "copies of the training step per iteration of the epoch's loop")
     microbatches: int | str = _option(
         1,
-        "parts each training batch runs in, in turn (two at a time from 4 parts), the "
-        "gradient their mean "
-        "(a count that divides the batch size; auto: on a CPU, parts where the step's "
-        "largest intermediate passes 16 MiB, jaxcnn.microbatch)",
+        f"parts each training batch runs in, in turn (two at a time from "
+        f"{microbatch.PAIRED_FROM} parts), the gradient their mean (a count that divides "
+        f"the batch size; auto: on a CPU, parts where the step's largest intermediate "
+        f"passes {microbatch.SPLIT_FROM // 2**20} MiB, jaxcnn.microbatch)",
         auto={"cpu": "auto"},
     )
     dx_form: str = _option(
