@@ -31,7 +31,7 @@ from jaxcnn.errors import UserError, first_line
 CONVS = ("xla", "im2col", "gemm_wgrad", "pallas_wgrad")  # jaxcnn.kernels.conv2d
 POOLS = ("xla", "reshape")  # jaxcnn.kernels.max_pool2d
 DX_FORMS = ("auto", "correlation", "col2im")  # jaxcnn.kernels.im2col
-PATCH_FORMS = ("auto", "full", "rows", "tiles", "winograd")  # jaxcnn.kernels.*.applies
+PATCH_FORMS = ("auto", "full", "rows", "tiles", "winograd", "direct")  # jaxcnn.kernels.*.applies
 LINEARS = ("xla", "swapped")  # jaxcnn.kernels.dense
 DTYPES = ("float32", "bfloat16")
 
@@ -86,11 +86,13 @@ class Compute:
     patch_form: str = _option(
         "auto",
         "im2col's patches: full (kh*kw taps), rows (kw taps, the row shifts summed after "
-        "the GEMM), tiles (a tile of output columns a patch, the kernel block-Toeplitz) or "
-        "winograd (F(4x4, r x r) for 3x3 and 5x5 kernels, float32); "
-        "rows, tiles and winograd at stride 1 only; auto: winograd for enough channels "
-        "(r*r*C*O >= 4000), tiles for few (first convolutions), rows where they write "
-        "little enough",
+        "the GEMM), tiles (a tile of output columns a patch, the kernel block-Toeplitz), "
+        "winograd (F(4x4, r x r) for 3x3 and 5x5 kernels, float32) or direct (a C++ kernel "
+        "built on first use, no patches; a CPU, outputs a multiple of 16); "
+        "rows, tiles, winograd and direct at stride 1 only; auto: direct for resnet's and "
+        "convnet's first layers and resnet's first block, "
+        "winograd for enough channels (r*r*C*O >= 4000), tiles for few (first "
+        "convolutions), rows where they write little enough",
         choices=PATCH_FORMS,
     )
     linear: str = _option(
@@ -131,6 +133,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "im2col": {"conv": "im2col"},
     "im2col_full": {"conv": "im2col", "patch_form": "full"},  # the full patch matrix only
     "winograd": {"conv": "im2col", "patch_form": "winograd"},  # F(4x4, 3x3 or 5x5) where it exists
+    "direct": {"conv": "im2col", "patch_form": "direct"},  # the C++ kernel where it runs (CPU)
     "fused": {"fuse": True},
     "fused+im2col": {"fuse": True, "conv": "im2col"},
     "gemm_wgrad": {"conv": "gemm_wgrad"},
@@ -189,20 +192,41 @@ def resolve(requested: Mapping[str, Any] | None = None, *, backend: str) -> Comp
     compute = Compute(**values)
     why = unavailable(compute, backend)
     if why:
-        raise UserError(f"{why}; choose another --conv")
+        raise UserError(why)
     check_xla_options(compute.xla_options)
     return compute
 
 
 def unavailable(compute: Compute, backend: str) -> str | None:
-    """Why ``compute`` cannot run on ``backend``, or None.
+    """Why ``compute`` cannot run on ``backend``, in one sentence, or None.
 
     ``pallas_wgrad`` is a GPU kernel; elsewhere it runs only in Pallas's
-    interpreter (``interpret=True``), which is for tests.
+    interpreter (``interpret=True``), which is for tests. The direct convolution
+    is a C++ kernel for a CPU, built on first use (:mod:`jaxcnn.kernels.direct`).
     """
     if compute.conv == "pallas_wgrad" and backend != "gpu" and not compute.interpret:
-        return f"conv algorithm 'pallas_wgrad' is a GPU kernel and this backend is {backend}"
+        return (
+            f"conv algorithm 'pallas_wgrad' is a GPU kernel and this backend is {backend}; "
+            "choose another --conv"
+        )
+    if compute.conv == "im2col" and compute.patch_form == "direct":
+        from jaxcnn.kernels import direct  # imports jax's FFI; only when asked for
+
+        if backend != "cpu":
+            return (
+                f"patch form 'direct' is a CPU kernel and this backend is {backend}; "
+                "choose another --patch-form"
+            )
+        why = direct.unavailable()
+        if why:
+            return f"patch form 'direct' cannot run here: {why}; choose another --patch-form"
     return None
+
+
+def options_unavailable(options: Mapping[str, Any], backend: str) -> str | None:
+    """:func:`unavailable` for a variant's options (``VARIANTS``' values), unresolved."""
+    kernels = {k: options[k] for k in ("conv", "patch_form") if options.get(k, "auto") != "auto"}
+    return unavailable(dataclasses.replace(PLAIN, **kernels), backend)
 
 
 def parse_xla_options(items: list[str]) -> tuple[tuple[str, Any], ...]:

@@ -275,14 +275,28 @@ def environment() -> dict[str, Any]:
         "devices": [[d.id, d.device_kind, d.process_index] for d in devices],
         "processes": jax.process_count(),
         "machine": [platform.machine(), cpu_features()],
+        "direct_kernel": direct_kernel(devices[0].platform),
     }
 
 
+def direct_kernel(platform_name: str) -> str | None:
+    """The direct convolution library's digest on a CPU where it builds, else None.
+
+    Asking builds and registers it: a stored program may call it, and its custom-call
+    targets must be known to XLA before such a program is loaded.
+    """
+    if platform_name != "cpu":
+        return None
+    from jaxcnn.kernels import direct
+
+    return direct.digest() if direct.available() else None
+
+
 def source_digest() -> str:
-    """sha256 of every ``.py`` file of the jaxcnn package, by relative path."""
+    """sha256 of every ``.py`` and ``.cc`` file of the jaxcnn package, by relative path."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.cc")]):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -31,6 +31,7 @@ CASES = [(name, impl) for impl in ("im2col", "reshape_pool") for name in models.
     ("resnet", "im2col_full"),
     ("cifar_cnn", "im2col_full"),
     *[(name, "winograd") for name in models.MODELS],
+    *[(name, "direct") for name in models.MODELS],
     *[(name, "swapped_linear") for name in models.MODELS],
     ("inception", "fused"),
     ("inception", "fused+im2col"),

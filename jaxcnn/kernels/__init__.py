@@ -11,7 +11,7 @@ import jax
 from flax import linen
 
 from jaxcnn.compute import POOLS, Compute
-from jaxcnn.kernels import rowconv, tileconv, winograd
+from jaxcnn.kernels import direct, rowconv, tileconv, winograd
 from jaxcnn.kernels.im2col import conv2d_gemm_wgrad, conv2d_im2col
 from jaxcnn.kernels.pallas_wgrad import conv2d_pallas_wgrad
 from jaxcnn.kernels.pool import avg_pool_shifted, max_pool_reshape
@@ -21,11 +21,15 @@ def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.
     """``F.conv2d`` as ``compute.conv`` says: [N,H,W,C] x HWIO (+ bias) -> [N,H',W',O].
 
     ``"xla"`` is ``nnx.Conv``'s own call and is made by the layer itself. Under
-    ``"im2col"``, ``compute.patch_form`` picks Winograd's form, the full patch matrix,
-    the tiles or the row form per convolution (:func:`~jaxcnn.kernels.winograd.applies`,
+    ``"im2col"``, ``compute.patch_form`` picks the direct kernel, Winograd's form, the
+    full patch matrix, the tiles or the row form per convolution
+    (:func:`~jaxcnn.kernels.direct.applies`, :func:`~jaxcnn.kernels.winograd.applies`,
     :func:`~jaxcnn.kernels.tileconv.applies`, :func:`~jaxcnn.kernels.rowconv.applies`).
     """
     form = compute.patch_form
+    if compute.conv == "im2col" and direct.applies(form, kernel.shape, stride, x.dtype, padding):
+        return direct.conv2d_direct(x, kernel, bias, padding)
+    form = "auto" if form == "direct" else form  # where the direct kernel does not run
     if compute.conv == "im2col" and winograd.applies(
         form, kernel.shape, stride, x.dtype, x.shape, padding
     ):

@@ -274,6 +274,8 @@ def run_census(
         gpu_config(name)  # the name checked before any compile
         kept: list[dict] = []
         for label, options in variants.items():  # what the variants amount to on a GPU
+            if compute.options_unavailable(options, "gpu"):  # a CPU kernel
+                continue
             if label == "default" or not bench.is_redundant(name, options, kept, backend="gpu"):
                 kept.append(options)
                 jobs.append((name, label, options))

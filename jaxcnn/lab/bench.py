@@ -164,9 +164,7 @@ def skip_reason(arm: str, options: dict | None = None, synthetic: bool = False) 
     if arm not in TORCH_ARMS:
         import jax
 
-        why = compute.unavailable(
-            compute.Compute(conv=(options or {}).get("conv", "xla")), jax.default_backend()
-        )
+        why = compute.options_unavailable(options or {}, jax.default_backend())
         return f"skipped: {why}" if why else None
     try:
         import torch

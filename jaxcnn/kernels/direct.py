@@ -1,0 +1,205 @@
+"""Direct convolutions on a CPU: a C++ kernel XLA calls (an FFI custom call).
+
+Why: for few channels, every form XLA:CPU's ops can express writes a patch
+matrix, rows or tiles and then runs a narrow GEMM (K and N of 16-64), which
+XLA's GEMMs run at 110-150 GFLOP/s on the 2-core Zen 4 EPYC. This kernel reads
+the padded image where it lies and keeps a row's block of outputs in vector
+registers (``direct_conv.cc``): resnet's 16 -> 16 3x3 convolution, forward and
+both gradients, 0.63 ms against the row form's 0.80 alone, and whole resnet
+steps 1.05-1.06x (docs/speed.md, thirteenth session).
+
+The library is built on first use by the host's C++ compiler (``$CXX``, else
+``c++``) for the host's CPU (``-march=native``), into
+``~/.cache/jaxcnn/kernels`` (``$XDG_CACHE_HOME`` respected), named by a digest of
+the source, the compiler, jaxlib and the CPU, and written by a rename, so
+processes that build it at once do not see a half-written file. Without a
+compiler, or where the build fails, :func:`available` is False: ``auto`` keeps
+XLA's forms, and an explicit ``--patch-form direct`` is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.kernels.bias import add_bias
+
+SOURCE = Path(__file__).with_name("direct_conv.cc")
+CHANNELS = 16  # output channels must be a multiple of this (the widest vector's lanes)
+# ``"auto"`` takes the direct form for these (kernel size, input channels, output
+# channels, padding): resnet's first residual block (whole steps, paired: 1.10x and
+# 1.06x) and its first convolution (1.08x and 1.10x more), convnet's first convolution
+# (1.06x, 1.07x). Measured and left out: resnet's 32 -> 32 block, cifar_cnn's 3 -> 64
+# 5x5, mnist_cnn's 5x5s (its 1 -> 16 at padding 2), lenet5's and blitz_net's 6 -> 16
+# (0.88-1.02x; docs/speed.md, thirteenth session).
+AUTO = {(3, 16, 16, 1), (5, 1, 16, 0), (3, 1, 32, 0)}
+
+
+def applies(requested: str, kernel_shape, stride: int, dtype, padding: int) -> bool:
+    """Whether a convolution of ``kernel_shape`` (HWIO) runs in the direct kernel.
+
+    ``requested`` is ``Compute.patch_form``: ``"direct"`` wherever the kernel exists
+    (a CPU where it built, stride 1, float32, output channels a multiple of
+    :data:`CHANNELS`), ``"auto"`` there for the shapes in :data:`AUTO`.
+    """
+    kh, kw, cin, cout = kernel_shape
+    if requested not in ("auto", "direct") or stride != 1 or dtype != jnp.float32:
+        return False
+    if cout % CHANNELS or jax.default_backend() != "cpu" or not available():
+        return False
+    return requested == "direct" or (kh == kw and (kh, cin, cout, padding) in AUTO)
+
+
+def conv2d_direct(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, padding: int = 0
+) -> jax.Array:
+    """``F.conv2d`` at stride 1 with symmetric zero ``padding``: [N,H,W,C] x HWIO -> [N,H',W',O]."""
+    y = _conv(x, kernel.astype(x.dtype), padding)
+    return y if bias is None else add_bias(y, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x, kernel, padding):
+    return _forward(x, kernel, padding)
+
+
+def _conv_fwd(x, kernel, padding):
+    return _forward(x, kernel, padding), (x, kernel)
+
+
+def _conv_bwd(padding, residuals, dy):
+    """dx is the forward kernel over dy with the kernel flipped and its channels swapped
+    (XLA's convolution where the input has too few channels for the kernel's blocks:
+    a first layer, whose dx is not used); dW is the weight-gradient kernel."""
+    x, kernel = residuals
+    k = kernel.shape[0]
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    if x.shape[-1] % CHANNELS:
+        pads = [(k - 1 - padding, kernel.shape[1] - 1 - padding)] * 2
+        numbers = ("NHWC", "HWIO", "NHWC")
+        dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), pads, dimension_numbers=numbers)
+    else:
+        dx = _forward(dy, flipped, k - 1 - padding)
+    return dx, _weight_grad(x, dy, kernel.shape, padding)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _forward(x, kernel, padding: int):
+    n, h, w, _ = x.shape
+    kh, kw, _, cout = kernel.shape
+    shape = (n, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1, cout)
+    call = jax.ffi.ffi_call(_targets()[0], jax.ShapeDtypeStruct(shape, x.dtype))
+    return call(x, kernel, pad=np.int64(padding))
+
+
+def _weight_grad(x, dy, kernel_shape, padding: int):
+    call = jax.ffi.ffi_call(_targets()[1], jax.ShapeDtypeStruct(kernel_shape, x.dtype))
+    return call(x, dy, pad=np.int64(padding))
+
+
+def available() -> bool:
+    """Whether the kernel library is built (building it now if need be) and registered."""
+    return unavailable() is None
+
+
+def unavailable() -> str | None:
+    """Why the direct kernel cannot run here, in one sentence, or None."""
+    try:
+        _targets()
+    except OSError as error:
+        return str(error)
+    return None
+
+
+@functools.cache
+def _targets() -> tuple[str, str]:
+    """The forward and weight-gradient custom-call names, registered with XLA for the CPU.
+
+    The names carry the library's digest: a stored executable that calls one was built
+    against this very library (:mod:`jaxcnn.executables` keys on the digest too).
+    """
+    path = build()
+    library = ctypes.cdll.LoadLibrary(str(path))
+    names = (f"jaxcnn_direct_forward_{digest()[:12]}", f"jaxcnn_direct_wgrad_{digest()[:12]}")
+    symbols = (library.jaxcnn_direct_forward, library.jaxcnn_direct_weight_grad)
+    for name, symbol in zip(names, symbols, strict=True):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+    return names
+
+
+def build() -> Path:
+    """The library for this source, compiler, jaxlib and CPU, compiled if not yet there.
+
+    Raises:
+        OSError: with one sentence, where there is no compiler or it fails.
+    """
+    path = cache_dir() / f"direct-{digest()[:16]}.so"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        out = Path(scratch) / path.name
+        command = [*compiler(), *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise OSError(f"the direct convolution kernel could not be built: {error}") from None
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise OSError(f"the direct convolution kernel did not compile: {last}")
+        os.replace(out, path)
+    return path
+
+
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+def compiler() -> list[str]:
+    """``$CXX`` (split on spaces), else ``c++``; OSError where neither is on the path."""
+    command = os.environ.get("CXX", "c++").split()
+    if not command or shutil.which(command[0]) is None:
+        raise OSError(
+            f"no C++ compiler ({command[0] if command else '$CXX is empty'}) to build "
+            "the direct convolution kernel"
+        )
+    return command
+
+
+@functools.cache
+def digest() -> str:
+    """sha256 of what decides the built library: source, flags, compiler, jaxlib and CPU."""
+    import jaxlib
+
+    from jaxcnn.executables import cpu_features
+
+    try:
+        version = subprocess.run(
+            [*compiler(), "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        version = "none"
+    parts = (
+        SOURCE.read_bytes(),
+        " ".join(FLAGS).encode(),
+        version.encode(),
+        jaxlib.__version__.encode(),
+        cpu_features().encode(),
+    )
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/jaxcnn/kernels``, else ``~/.cache/jaxcnn/kernels``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxcnn" / "kernels"
