@@ -86,6 +86,7 @@ def test_auto_takes_the_direct_kernel_where_measured(monkeypatch):
     assert custom_calls("resnet", "auto") == 8
     # convnet's first convolution: its forward and dW (its dx is not needed)
     assert custom_calls("convnet", "auto") == 2
+    assert custom_calls("cifar_cnn", "auto") == 2  # conv1's forward and dW
     assert custom_calls("lenet5", "auto") == 0
     assert custom_calls("mnist_cnn", "auto") == 0  # its 1 -> 16 5x5 at padding 2
     assert custom_calls("resnet", "direct") > 8
@@ -113,6 +114,12 @@ def test_a_failed_build_is_one_sentence(monkeypatch, tmp_path, cxx, message):
         direct.build()
     assert message in str(caught.value) and "\n" not in str(caught.value)
     assert not list((tmp_path / "jaxcnn" / "kernels").glob("*.so"))
+
+
+def test_auto_keeps_xla_forms_where_the_kernel_did_not_build(monkeypatch):
+    monkeypatch.setattr(direct, "_loaded", lambda: (("", ""), "no C++ compiler (c++)"))
+    assert custom_calls("resnet", "auto") == 0
+    assert custom_calls("resnet", "direct") == 0  # a Compute made without resolve()
 
 
 def test_direct_is_refused_where_it_cannot_run(monkeypatch):

@@ -5,8 +5,8 @@ matrix, rows or tiles and then runs a narrow GEMM (K and N of 16-64), which
 XLA's GEMMs run at 110-150 GFLOP/s on the 2-core Zen 4 EPYC. This kernel reads
 the padded image where it lies and keeps a row's block of outputs in vector
 registers (``direct_conv.cc``): resnet's 16 -> 16 3x3 convolution, forward and
-both gradients, 0.63 ms against the row form's 0.80 alone, and whole resnet
-steps 1.05-1.06x (docs/speed.md, thirteenth session).
+both gradients, 0.63 ms against the row form's 0.80 alone. ``auto`` takes it for
+the convolutions where whole training steps measured faster (:data:`AUTO`).
 
 The library is built on first use by the host's C++ compiler (``$CXX``, else
 ``c++``) for the host's CPU (``-march=native``), into
@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,12 +38,13 @@ from jaxcnn.kernels.bias import add_bias
 SOURCE = Path(__file__).with_name("direct_conv.cc")
 CHANNELS = 16  # output channels must be a multiple of this (the widest vector's lanes)
 # ``"auto"`` takes the direct form for these (kernel size, input channels, output
-# channels, padding): resnet's first residual block (whole steps, paired: 1.10x and
-# 1.06x) and its first convolution (1.08x and 1.10x more), convnet's first convolution
-# (1.06x, 1.07x). Measured and left out: resnet's 32 -> 32 block, cifar_cnn's 3 -> 64
-# 5x5, mnist_cnn's 5x5s (its 1 -> 16 at padding 2), lenet5's and blitz_net's 6 -> 16
-# (0.88-1.02x; docs/speed.md, thirteenth session).
-AUTO = {(3, 16, 16, 1), (5, 1, 16, 0), (3, 1, 32, 0)}
+# channels, padding), each measured faster in whole training steps, paired: resnet's
+# first residual block (1.10x, 1.06x) and its first convolution (1.08x, 1.10x more),
+# convnet's first convolution (1.06x, 1.07x), cifar_cnn's first (1.21x, 1.09x).
+# Measured and left out (0.88-1.02x): resnet's 32 -> 32 block, mnist_cnn's 5x5s,
+# cifar_cnn's second, lenet5's, blitz_net's and simple_cnn's 6 -> 16 (docs/speed.md,
+# thirteenth session).
+AUTO = {(3, 16, 16, 1), (5, 1, 16, 0), (3, 1, 32, 0), (5, 3, 16, 2)}
 
 
 def applies(requested: str, kernel_shape, stride: int, dtype, padding: int) -> bool:
@@ -116,27 +118,34 @@ def available() -> bool:
 
 def unavailable() -> str | None:
     """Why the direct kernel cannot run here, in one sentence, or None."""
-    try:
-        _targets()
-    except OSError as error:
-        return str(error)
-    return None
+    return _loaded()[1]
 
 
-@functools.cache
 def _targets() -> tuple[str, str]:
     """The forward and weight-gradient custom-call names, registered with XLA for the CPU.
 
     The names carry the library's digest: a stored executable that calls one was built
     against this very library (:mod:`jaxcnn.executables` keys on the digest too).
     """
-    path = build()
-    library = ctypes.cdll.LoadLibrary(str(path))
+    names, why = _loaded()
+    if why:
+        raise OSError(why)
+    return names
+
+
+@functools.cache
+def _loaded() -> tuple[tuple[str, str], str | None]:
+    """Build (once a process: a failed build is not retried for every convolution),
+    load and register the library: its target names, and why not where it failed."""
+    try:
+        library = ctypes.cdll.LoadLibrary(str(build()))
+    except OSError as error:
+        return ("", ""), str(error)
     names = (f"jaxcnn_direct_forward_{digest()[:12]}", f"jaxcnn_direct_wgrad_{digest()[:12]}")
     symbols = (library.jaxcnn_direct_forward, library.jaxcnn_direct_weight_grad)
     for name, symbol in zip(names, symbols, strict=True):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-    return names
+    return names, None
 
 
 def build() -> Path:
@@ -149,6 +158,8 @@ def build() -> Path:
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    if sys.stderr.isatty():  # a few seconds, once a machine; not in a log or a test's pipe
+        print("jaxcnn: building the direct convolution kernel for this CPU", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         out = Path(scratch) / path.name
         command = [*compiler(), *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
