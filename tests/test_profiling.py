@@ -49,6 +49,24 @@ def test_cost_analysis_counts_the_step():
     assert 0 < counted["flops"] < one["flops"] / 100 and counted["bytes"] == one["bytes"]
 
 
+def test_direct_kernel_steps_are_counted_as_their_math():
+    """XLA's cost analysis does not count a custom call: a step with the direct kernel
+    (resnet's, on a CPU where it builds) is counted with XLA's convolutions."""
+    import jax
+    import numpy as np
+
+    from jaxcnn.kernels import direct
+
+    images = jax.device_put(np.zeros((64, 28, 28, 1), np.uint8))
+    labels = jax.device_put(np.zeros(64, np.int32))
+    for name, counted_plain in [("resnet", direct.available()), ("basic_cnn", False)]:
+        config = train.get_config(name, "mnist", batch_size=16)
+        program, state = train.create_program(config)
+        one_step = profiling.make_steps_fn(program, 1)
+        count_fn = profiling.plain_count(config, one_step, (state, images, labels))
+        assert (count_fn is not None) == counted_plain, name
+
+
 def write_trace(directory, events):
     import gzip
     import json

@@ -46,7 +46,8 @@ def cost(fn, *args, count_fn=None) -> dict[str, float]:
     become cuDNN custom calls that XLA's cost analysis does not count. Bytes come
     from the program compiled for the default device, which is what actually moves.
     ``count_fn``, the same math written for the host, is counted instead of ``fn``
-    where ``fn`` holds kernels the host cannot compile (Pallas GPU kernels).
+    where ``fn`` holds kernels the host cannot compile (Pallas GPU kernels) or whose
+    FLOPs XLA does not see (the direct convolution's custom calls).
     """
 
     def analysis(compiled) -> dict:
@@ -164,19 +165,30 @@ def profile_models(names: list[str], steps: int, out: Path, requested: dict) -> 
     return table
 
 
+def plain_count(config, one_step, args: tuple):
+    """One step of ``config``'s math with XLA's convolutions, to count where XLA's cost
+    analysis cannot see the step's kernels (Pallas GPU kernels, the direct kernel's
+    custom calls), else None."""
+    from jaxcnn import compute, train
+
+    calls_direct = "jaxcnn_direct_" in one_step.lower(*args).as_text()
+    if not (compute.unavailable(config.compute, "cpu") or calls_direct):
+        return None
+    plain = dataclasses.replace(config.compute, conv="xla")
+    count_program, _ = train.create_program(dataclasses.replace(config, compute=plain))
+    return make_steps_fn(count_program, 1)
+
+
 def profile_model(config, steps: int, traces: Path) -> dict:
     """FLOPs and bytes of one step, its measured time, and the kernels of a trace."""
-    from jaxcnn import compute, train
+    from jaxcnn import train
     from jaxcnn.lab.inputs import random_split
 
     program, state = train.create_program(config)
     images, labels = random_split(config.dataset, max(config.batch_size * steps, 1000))
-    count_fn = None
-    if compute.unavailable(config.compute, "cpu"):  # count the same math with XLA's convs
-        plain = dataclasses.replace(config.compute, conv="xla")
-        count_program, _ = train.create_program(dataclasses.replace(config, compute=plain))
-        count_fn = make_steps_fn(count_program, 1)
-    flops = cost(make_steps_fn(program, 1), state, images, labels, count_fn=count_fn)
+    one_step = make_steps_fn(program, 1)
+    count_fn = plain_count(config, one_step, (state, images, labels))
+    flops = cost(one_step, state, images, labels, count_fn=count_fn)
     fn = make_steps_fn(program, steps)
     jax.block_until_ready(fn(state, images, labels))
     step_s = statistics.median(time_steps(fn, state, images, labels, steps))
