@@ -35,6 +35,7 @@ SHAPES = [
     (2, 8, 8, 16, 48, 1, 0),
     (2, 12, 12, 1, 16, 5, 0),
     (2, 9, 9, 2, 16, 3, 1),
+    (2, 6, 6, 16, 16, 3, 2),
 ]
 
 
@@ -130,3 +131,15 @@ def test_direct_is_refused_where_it_cannot_run(monkeypatch):
     with pytest.raises(UserError, match="cannot run here: no C.. compiler"):
         compute.resolve(asked, backend="cpu")
     assert not direct.applies("direct", (3, 3, 16, 16), 1, jnp.float32, 1)
+
+
+def test_the_kernel_takes_only_what_it_computes():
+    f32 = jnp.float32
+    assert direct.applies("direct", (3, 3, 16, 16), 1, f32, 2)
+    assert not direct.applies("direct", (3, 3, 16, 16), 1, f32, 3)  # dx would crop
+    assert not direct.applies("direct", (1, 1, 16, 16), 1, f32, 1)
+    assert not direct.applies("direct", (3, 5, 16, 16), 1, f32, 1)  # not square
+    assert not direct.applies("direct", (3, 3, 16, 24), 1, f32, 1)  # 24 outputs
+    assert not direct.applies("direct", (3, 3, 16, 16), 2, f32, 1)  # stride 2
+    assert not direct.applies("direct", (3, 3, 16, 16), 1, jnp.bfloat16, 1)
+    assert not direct.applies("auto", (3, 3, 16, 16), 1, f32, 0)  # not measured

@@ -51,15 +51,19 @@ def applies(requested: str, kernel_shape, stride: int, dtype, padding: int) -> b
     """Whether a convolution of ``kernel_shape`` (HWIO) runs in the direct kernel.
 
     ``requested`` is ``Compute.patch_form``: ``"direct"`` wherever the kernel exists
-    (a CPU where it built, stride 1, float32, output channels a multiple of
-    :data:`CHANNELS`), ``"auto"`` there for the shapes in :data:`AUTO`.
+    (a CPU where it built, stride 1, float32, a square kernel, output channels a
+    multiple of :data:`CHANNELS`, padding under the kernel's size, so that dx is the
+    forward kernel at padding ``k - 1 - padding``), ``"auto"`` there for the shapes in
+    :data:`AUTO`.
     """
     kh, kw, cin, cout = kernel_shape
     if requested not in ("auto", "direct") or stride != 1 or dtype != jnp.float32:
         return False
-    if cout % CHANNELS or jax.default_backend() != "cpu" or not available():
+    if kh != kw or not 0 <= padding < kh or cout % CHANNELS:
         return False
-    return requested == "direct" or (kh == kw and (kh, cin, cout, padding) in AUTO)
+    if jax.default_backend() != "cpu" or not available():
+        return False
+    return requested == "direct" or (kh, cin, cout, padding) in AUTO
 
 
 def conv2d_direct(
@@ -87,7 +91,7 @@ def _conv_bwd(padding, residuals, dy):
     k = kernel.shape[0]
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     if x.shape[-1] % CHANNELS:
-        pads = [(k - 1 - padding, kernel.shape[1] - 1 - padding)] * 2
+        pads = [(k - 1 - padding, k - 1 - padding)] * 2
         numbers = ("NHWC", "HWIO", "NHWC")
         dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), pads, dimension_numbers=numbers)
     else:

@@ -23,7 +23,8 @@ constexpr int VL = 8, MAXACC = 12;
 #else
 constexpr int VL = 4, MAXACC = 12;
 #endif
-typedef float vec __attribute__((vector_size(VL * 4), aligned(4)));
+// Unaligned, and allowed to alias the floats it is loaded from.
+typedef float vec __attribute__((vector_size(VL * 4), aligned(4), may_alias));
 static inline vec load(const float* p) { return *reinterpret_cast<const vec*>(p); }
 static inline void store(float* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
 static inline vec bcast(float x) { return vec{} + x; }
@@ -34,6 +35,12 @@ static Shape make_shape(ffi::Span<const int64_t> xd, int kh, int kw, int co, int
   Shape s{(int)xd[0], (int)xd[1], (int)xd[2], (int)xd[3], kh, kw, co, (int)pad, 0, 0, 0, 0};
   s.Hp = s.H + 2 * s.pad; s.Wp = s.W + 2 * s.pad; s.Ho = s.Hp - s.KH + 1; s.Wo = s.Wp - s.KW + 1;
   return s;
+}
+
+// What the kernels assume (direct.py's applies() keeps to it): a whole vector of outputs,
+// zero padding of at most the kernel's size less one, an output at least one pixel wide.
+static bool valid(const Shape& s) {
+  return s.Co % VL == 0 && s.pad >= 0 && s.pad < s.KH && s.pad < s.KW && s.Ho > 0 && s.Wo > 0;
 }
 
 template <int CB, int P>
@@ -178,7 +185,7 @@ static ffi::Error ConvFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
                           ffi::ResultBuffer<ffi::F32> y, int64_t pad) {
   auto wd = w.dimensions();
   Shape s = make_shape(x.dimensions(), wd[0], wd[1], wd[3], pad);
-  if (s.Co % VL) return ffi::Error::InvalidArgument("output channels not a multiple of the vector");
+  if (!valid(s)) return ffi::Error::InvalidArgument("jaxcnn direct convolution: unsupported shape");
   FwdFn fn = pick_fwd(s);
   const float* xs = x.typed_data(); const float* ws = w.typed_data(); float* ys = y->typed_data();
   parallel_for(pool, s.N, [=](int n) {
@@ -191,7 +198,7 @@ static ffi::Error ConvDw(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
                          ffi::ResultBuffer<ffi::F32> dw, int64_t pad) {
   auto dwd = dw->dimensions();
   Shape s = make_shape(x.dimensions(), dwd[0], dwd[1], dwd[3], pad);
-  if (s.Co % VL) return ffi::Error::InvalidArgument("output channels not a multiple of the vector");
+  if (!valid(s)) return ffi::Error::InvalidArgument("jaxcnn direct convolution: unsupported shape");
   DwFn fn = pick_dw(s);
   const size_t size = (size_t)s.KH * s.KW * s.Ci * s.Co;
   int parts = std::max<int>(1, std::min<int>(pool.num_threads(), s.N));
