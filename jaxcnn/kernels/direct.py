@@ -85,17 +85,13 @@ def _conv_fwd(x, kernel, padding):
 
 def _conv_bwd(padding, residuals, dy):
     """dx is the forward kernel over dy with the kernel flipped and its channels swapped
-    (XLA's convolution where the input has too few channels for the kernel's blocks:
-    a first layer, whose dx is not used); dW is the weight-gradient kernel."""
+    (dx's channels padded to whole vectors and cut back: a first layer's, whose dx no
+    one uses and XLA drops); dW is the weight-gradient kernel."""
     x, kernel = residuals
-    k = kernel.shape[0]
+    k, cin = kernel.shape[0], x.shape[-1]
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    if x.shape[-1] % CHANNELS:
-        pads = [(k - 1 - padding, k - 1 - padding)] * 2
-        numbers = ("NHWC", "HWIO", "NHWC")
-        dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), pads, dimension_numbers=numbers)
-    else:
-        dx = _forward(dy, flipped, k - 1 - padding)
+    flipped = jnp.pad(flipped, ((0, 0), (0, 0), (0, 0), (0, -cin % CHANNELS)))
+    dx = _forward(dy, flipped, k - 1 - padding)[..., :cin]
     return dx, _weight_grad(x, dy, kernel.shape, padding)
 
 
