@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxcnn.errors import UserError
+from jaxcnn.report import cache_home
 
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxcnn" / "xla"
+DEFAULT_CACHE = cache_home() / "xla"
 
 
 def enable_compilation_cache() -> Path | None:

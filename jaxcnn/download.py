@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from jaxcnn.errors import UserError, first_line
+from jaxcnn.report import cache_home
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +69,7 @@ def cache_root() -> Path:
     """``$JAXCNN_DATA_DIR``, else ``~/.cache/jaxcnn/datasets``."""
     if os.environ.get("JAXCNN_DATA_DIR"):
         return Path(os.environ["JAXCNN_DATA_DIR"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "jaxcnn" / "datasets"
+    return cache_home() / "datasets"
 
 
 def mirrors(name: str) -> tuple[str, ...]:

@@ -14,6 +14,12 @@ import numpy as np
 from jaxcnn.errors import UserError
 
 
+def cache_home() -> Path:
+    """``$XDG_CACHE_HOME/jaxcnn``, else ``~/.cache/jaxcnn``: the folder of jaxcnn's caches
+    (compiled programs, datasets, the direct convolution kernel)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxcnn"
+
+
 def environment() -> dict[str, str]:
     """Device and library versions, for summary.json and benchmark headers."""
     import flax

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.kernels.bias import add_bias
+from jaxcnn.report import cache_home
 
 SOURCE = Path(__file__).with_name("direct_conv.cc")
 CHANNELS = 16  # output channels must be a multiple of this (the widest vector's lanes)
@@ -213,4 +214,4 @@ def digest() -> str:
 
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/jaxcnn/kernels``, else ``~/.cache/jaxcnn/kernels``."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxcnn" / "kernels"
+    return cache_home() / "kernels"
