@@ -23,9 +23,10 @@ def xla_conv(x, kernel, padding):
 
 
 # (batch, height, width, in, out, kernel size, padding): resnet's and convnet's shapes,
-# widths that no register block divides (11, 7, 5), one image, 3 and 1 input channels
-# (dx by XLA), 32 and 64 outputs (two and four vector blocks), and weight gradients that
-# take 9, 5 and 1 taps at a time.
+# rows in one block (11, 7, 5 wide), rows whose last block is narrower (26 wide: 12 + 12
+# + 2 at 32 outputs; 19: 16 + 3), one image, 3 and 1 input channels (dx by XLA), 32 and
+# 64 outputs (two and four vector blocks), and weight gradients that take 9, 5 and 1 taps
+# at a time.
 SHAPES = [
     (3, 12, 12, 16, 16, 3, 1),
     (2, 13, 11, 16, 16, 3, 1),
@@ -36,6 +37,8 @@ SHAPES = [
     (2, 12, 12, 1, 16, 5, 0),
     (2, 9, 9, 2, 16, 3, 1),
     (2, 6, 6, 16, 16, 3, 2),
+    (1, 4, 28, 1, 32, 3, 0),
+    (1, 3, 19, 16, 16, 3, 1),
 ]
 
 

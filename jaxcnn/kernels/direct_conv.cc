@@ -43,29 +43,49 @@ static bool valid(const Shape& s) {
   return s.Co % VL == 0 && s.pad >= 0 && s.pad < s.KH && s.pad < s.KW && s.Ho > 0 && s.Wo > 0;
 }
 
+// Output pixels ow0 .. ow0 + P - 1 of row oh, all output channels, CB vectors at a time.
+template <int CB, int P>
+static void fwd_block(const float* xp, const Shape& s, const float* w, float* y, int oh, int ow0) {
+  // A kernel row's taps times input channels lie contiguous in the padded image (from
+  // pixel p's first tap on) and in the kernel: one loop of KW * Ci, not two.
+  const int row = s.KW * s.Ci;
+  for (int co0 = 0; co0 < s.Co; co0 += VL * CB) {
+    vec acc[CB][P];
+    for (int c = 0; c < CB; ++c) for (int p = 0; p < P; ++p) acc[c][p] = vec{};
+    for (int kh = 0; kh < s.KH; ++kh) {
+      const float* xr = xp + ((size_t)(oh + kh) * s.Wp + ow0) * s.Ci;
+      const float* wt = w + (size_t)kh * row * s.Co + co0;
+      for (int j = 0; j < row; ++j) {
+        vec wv[CB];
+        for (int c = 0; c < CB; ++c) wv[c] = load(wt + (size_t)j * s.Co + VL * c);
+        for (int p = 0; p < P; ++p) {
+          vec b = bcast(xr[(size_t)p * s.Ci + j]);
+          for (int c = 0; c < CB; ++c) acc[c][p] += b * wv[c];
+        }
+      }
+    }
+    float* yo = y + ((size_t)oh * s.Wo + ow0) * s.Co + co0;
+    for (int p = 0; p < P; ++p) for (int c = 0; c < CB; ++c) store(yo + (size_t)p * s.Co + VL * c, acc[c][p]);
+  }
+}
+
+// The last t < T pixels of a row: a block of exactly t.
+template <int CB, int T>
+static void fwd_tail(int t, const float* xp, const Shape& s, const float* w, float* y, int oh, int ow0) {
+  if constexpr (T > 0) {
+    if (t == T) return fwd_block<CB, T>(xp, s, w, y, oh, ow0);
+    fwd_tail<CB, T - 1>(t, xp, s, w, y, oh, ow0);
+  }
+}
+
+// Rows in blocks of P pixels (P * CB sums in registers), then the row's rest in one block.
 template <int CB, int P>
 static void fwd_image(const float* xp, const Shape& s, const float* w, float* y) {
-  for (int oh = 0; oh < s.Ho; ++oh)
-    for (int ow0 = 0; ow0 < s.Wo; ow0 += P)
-      for (int co0 = 0; co0 < s.Co; co0 += VL * CB) {
-        vec acc[CB][P];
-        for (int c = 0; c < CB; ++c) for (int p = 0; p < P; ++p) acc[c][p] = vec{};
-        for (int kh = 0; kh < s.KH; ++kh)
-          for (int kw = 0; kw < s.KW; ++kw) {
-            const float* xr = xp + ((size_t)(oh + kh) * s.Wp + ow0 + kw) * s.Ci;
-            const float* wt = w + (size_t)(kh * s.KW + kw) * s.Ci * s.Co + co0;
-            for (int ci = 0; ci < s.Ci; ++ci) {
-              vec wv[CB];
-              for (int c = 0; c < CB; ++c) wv[c] = load(wt + (size_t)ci * s.Co + VL * c);
-              for (int p = 0; p < P; ++p) {
-                vec b = bcast(xr[(size_t)p * s.Ci + ci]);
-                for (int c = 0; c < CB; ++c) acc[c][p] += b * wv[c];
-              }
-            }
-          }
-        float* yo = y + ((size_t)oh * s.Wo + ow0) * s.Co + co0;
-        for (int p = 0; p < P; ++p) for (int c = 0; c < CB; ++c) store(yo + (size_t)p * s.Co + VL * c, acc[c][p]);
-      }
+  const int whole = s.Wo / P * P;
+  for (int oh = 0; oh < s.Ho; ++oh) {
+    for (int ow0 = 0; ow0 < whole; ow0 += P) fwd_block<CB, P>(xp, s, w, y, oh, ow0);
+    if (whole < s.Wo) fwd_tail<CB, P - 1>(s.Wo - whole, xp, s, w, y, oh, whole);
+  }
 }
 
 // TB taps at once where there are few input channels: enough independent sums to hide the
@@ -111,15 +131,28 @@ static int co_blocks(int co) {
   return b % 4 == 0 ? 4 : b % 2 == 0 ? 2 : 1;
 }
 
+// A row of exactly wo <= P pixels in one block.
+template <int CB, int P>
+static FwdFn whole_row(int wo) {
+  if constexpr (P < 1) return nullptr;
+  else return wo == P ? fwd_image<CB, P> : whole_row<CB, P - 1>(wo);
+}
+
+// The widest block from P down to Lo pixels that divides the row, or nullptr.
+template <int CB, int P, int Lo>
+static FwdFn dividing(int wo) {
+  if constexpr (P < Lo) return nullptr;
+  else return wo % P == 0 ? fwd_image<CB, P> : dividing<CB, P - 1, Lo>(wo);
+}
+
+// The widest block (at most 16 pixels, CB * P sums in the registers) that divides the row,
+// among those at least half as wide; else the widest, and a narrower last block.
 template <int CB>
 static FwdFn pick_fwd_cb(int wo) {
-  if constexpr (CB * 12 <= MAXACC) if (wo % 12 == 0) return fwd_image<CB, 12>;
-  if constexpr (CB * 8 <= MAXACC) if (wo % 8 == 0) return fwd_image<CB, 8>;
-  if constexpr (CB * 6 <= MAXACC) if (wo % 6 == 0) return fwd_image<CB, 6>;
-  if (wo % 4 == 0) return fwd_image<CB, 4>;
-  if (wo % 3 == 0) return fwd_image<CB, 3>;
-  if (wo % 2 == 0) return fwd_image<CB, 2>;
-  return fwd_image<CB, 1>;
+  constexpr int widest = std::min(16, MAXACC / CB);
+  if (wo <= widest) return whole_row<CB, widest>(wo);
+  FwdFn fn = dividing<CB, widest, (widest + 1) / 2>(wo);
+  return fn ? fn : fwd_image<CB, widest>;
 }
 
 static FwdFn pick_fwd(const Shape& s) {
