@@ -87,10 +87,12 @@ class Compute:
         "auto",
         "im2col's patches: full (kh*kw taps), rows (kw taps, the row shifts summed after "
         "the GEMM), tiles (a tile of output columns a patch, the kernel block-Toeplitz), "
-        "winograd (F(4x4, r x r) for 3x3 and 5x5 kernels, float32) or direct (a C++ kernel "
-        "built on first use, no patches; a CPU, outputs a multiple of 16); "
-        "rows, tiles, winograd and direct at stride 1 only; auto: direct for resnet's and "
-        "convnet's first layers and resnet's first block, "
+        "winograd (F(4x4, r x r) for 3x3 and 5x5 kernels, float32) or direct (C++ kernels "
+        "built on first use, no patches; a CPU, outputs a multiple of 16; Winograd's form "
+        "in C++ for 3x3 and 5x5 kernels with inputs a multiple of 16 too); "
+        "rows, tiles, winograd and direct at stride 1 only; auto: direct for resnet's, "
+        "convnet's and cifar_cnn's first layers and their 16-64 channel 3x3 and 5x5 layers "
+        "(resnet's second block aside), "
         "winograd for enough channels (r*r*C*O >= 4000), tiles for few (first "
         "convolutions), rows where they write little enough",
         choices=PATCH_FORMS,

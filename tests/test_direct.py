@@ -42,24 +42,51 @@ SHAPES = [
 ]
 
 
+# Winograd's form F(4x4, r x r): cifar_cnn's conv2, whole and partial tiles (13 x 11 and
+# 7 wide at 3x3, 10 -> 6 at 5x5), padding 0-2, 32 and 64 outputs (and dx's 32 and 16).
+WINOGRAD_SHAPES = [
+    (2, 16, 16, 16, 32, 5, 2),
+    (2, 13, 11, 16, 16, 3, 1),
+    (1, 9, 7, 32, 16, 3, 0),
+    (2, 10, 10, 16, 64, 5, 0),
+    (2, 6, 6, 16, 16, 3, 2),
+]
+
+
 @pytest.mark.parametrize(("n", "h", "w", "cin", "cout", "k", "padding"), SHAPES)
 def test_values_and_gradients_match_xla(n, h, w, cin, cout, k, padding):
+    check_against_xla(direct.conv2d_direct, (n, h, w, cin), (k, k, cin, cout), padding)
+
+
+@pytest.mark.parametrize(("n", "h", "w", "cin", "cout", "k", "padding"), WINOGRAD_SHAPES)
+def test_winograd_values_and_gradients_match_xla(n, h, w, cin, cout, k, padding):
+    # a linear loss, as tests/test_fast_paths.py holds Winograd's XLA form: under tanh a
+    # large output's transform rounding (a few 1e-6 of it) is a larger share of its gradient
+    check_against_xla(
+        direct.conv2d_winograd, (n, h, w, cin), (k, k, cin, cout), padding, squash=lambda y: y
+    )
+
+
+def check_against_xla(conv, x_shape, kernel_shape, padding, squash=jnp.tanh):
+    """y, dx, dW and db of ``conv(x, kernel, bias, padding)`` against XLA's convolution,
+    under the loss <squash(y), g>."""
     keys = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(keys[0], (n, h, w, cin))
-    kernel = jax.random.normal(keys[1], (k, k, cin, cout))
-    bias = jax.random.normal(keys[2], (cout,))
+    x = jax.random.normal(keys[0], x_shape)
+    kernel = jax.random.normal(keys[1], kernel_shape)
+    bias = jax.random.normal(keys[2], kernel_shape[-1:])
     g = jax.random.normal(keys[3], xla_conv(x, kernel, padding).shape)
 
     def loss(conv):
-        return lambda x, kernel, bias: jnp.vdot(jnp.tanh(conv(x, kernel, bias)), g)
+        return lambda x, kernel, bias: jnp.vdot(squash(conv(x, kernel, bias)), g)
 
     def want_conv(x, kernel, bias):
         return xla_conv(x, kernel, padding) + bias
 
     def got_conv(x, kernel, bias):
-        return direct.conv2d_direct(x, kernel, bias, padding)
+        return conv(x, kernel, bias, padding)
 
     args = (x, kernel, bias)
+    k, cin = kernel_shape[0], kernel_shape[2]
     np.testing.assert_allclose(
         jax.jit(got_conv)(*args), want_conv(*args), rtol=0, atol=2e-6 * k * k * cin
     )
@@ -70,8 +97,9 @@ def test_values_and_gradients_match_xla(n, h, w, cin, cout, k, padding):
         assert float(jnp.abs(a - b).max()) <= 1e-5 * scale, name
 
 
-def custom_calls(name: str, patch_form: str) -> int:
-    """How many direct-kernel calls the gradient of model ``name`` compiles to."""
+def custom_calls(name: str, patch_form: str, kind: str = "") -> int:
+    """How many of the kernel library's calls (``kind``: ``"forward"``, ``"wgrad"``,
+    ``"winograd"``; all by default) the gradient of model ``name`` compiles to."""
     how = compute.Compute(conv="im2col", patch_form=patch_form)
     model = models.create(name, rngs=0, compute=how)
     model.eval()  # no dropout draws inside the traced function
@@ -81,20 +109,24 @@ def custom_calls(name: str, patch_form: str) -> int:
     def loss(params):
         return nnx.merge(graphdef, params, rest)(x).sum()
 
-    return jax.jit(jax.grad(loss)).lower(params).as_text().count("jaxcnn_direct_")
+    return jax.jit(jax.grad(loss)).lower(params).as_text().count(f"jaxcnn_direct_{kind}")
 
 
-def test_auto_takes_the_direct_kernel_where_measured(monkeypatch):
-    # resnet's first convolution (a forward and a dW: its dx is not needed) and its first
-    # residual block's two (each a forward, a dx and a dW)
-    assert custom_calls("resnet", "auto") == 8
-    # convnet's first convolution: its forward and dW (its dx is not needed)
-    assert custom_calls("convnet", "auto") == 2
-    assert custom_calls("cifar_cnn", "auto") == 2  # conv1's forward and dW
+def test_auto_takes_the_kernels_where_measured(monkeypatch):
+    # The direct kernel: resnet's, convnet's and cifar_cnn's first convolutions, each a
+    # forward and a dW (a first layer's dx is not needed).
+    for name in ("resnet", "convnet", "cifar_cnn"):
+        assert custom_calls(name, "auto", "forward") == custom_calls(name, "auto", "wgrad") == 1
+    # Winograd's form (a forward, a dx and a dU each): resnet's first residual block's
+    # two convolutions and its conv2, convnet's conv2, cifar_cnn's conv2.
+    assert custom_calls("resnet", "auto", "winograd") == 9
+    assert custom_calls("convnet", "auto", "winograd") == 3
+    assert custom_calls("cifar_cnn", "auto", "winograd") == 3
     assert custom_calls("lenet5", "auto") == 0
-    assert custom_calls("mnist_cnn", "auto") == 0  # its 1 -> 16 5x5 at padding 2
-    assert custom_calls("resnet", "direct") > 8
+    assert custom_calls("mnist_cnn", "auto") == 0
+    assert custom_calls("resnet", "direct") > 11  # its second residual block's too
     monkeypatch.setattr(direct, "AUTO", set())
+    monkeypatch.setattr(direct, "WINOGRAD_AUTO", set())
     assert custom_calls("resnet", "auto") == 0
 
 

@@ -27,6 +27,10 @@ def conv2d(x, kernel, bias, stride: int, padding: int, compute: Compute) -> jax.
     :func:`~jaxcnn.kernels.tileconv.applies`, :func:`~jaxcnn.kernels.rowconv.applies`).
     """
     form = compute.patch_form
+    if compute.conv == "im2col" and direct.winograd_applies(
+        form, kernel.shape, stride, x.dtype, padding
+    ):
+        return direct.conv2d_winograd(x, kernel, bias, padding)
     if compute.conv == "im2col" and direct.applies(form, kernel.shape, stride, x.dtype, padding):
         return direct.conv2d_direct(x, kernel, bias, padding)
     form = "auto" if form == "direct" else form  # where the direct kernel does not run

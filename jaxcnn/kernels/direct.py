@@ -1,4 +1,4 @@
-"""Direct convolutions on a CPU: a C++ kernel XLA calls (an FFI custom call).
+"""Direct and Winograd convolutions on a CPU: C++ kernels XLA calls (FFI custom calls).
 
 Why: for few channels, every form XLA:CPU's ops can express writes a patch
 matrix, rows or tiles and then runs a narrow GEMM (K and N of 16-64), which
@@ -7,6 +7,13 @@ the padded image where it lies and keeps a row's block of outputs in vector
 registers (``direct_conv.cc``): resnet's 16 -> 16 3x3 convolution, forward and
 both gradients, 0.63 ms against the row form's 0.80 alone. ``auto`` takes it for
 the convolutions where whole training steps measured faster (:data:`AUTO`).
+
+The same library holds Winograd's F(4x4, r x r) (:mod:`jaxcnn.kernels.winograd` has
+the algebra): per image, tiles go through B^T d B, the a * a GEMMs with U = G g G^T and
+A^T M A while they are in the caches, where XLA's form writes each stage out. Its
+forward alone ran 1.9-2.8x faster than XLA's form on cifar_cnn's conv2 and its dx.
+dx is the same form over dy; dW is G^T dU G, dU summed over tiles in C++
+(:data:`WINOGRAD_AUTO`).
 
 The library is built on first use by the host's C++ compiler (``$CXX``, else
 ``c++``) for the host's CPU (``-march=native``), into
@@ -46,6 +53,13 @@ CHANNELS = 16  # output channels must be a multiple of this (the widest vector's
 # cifar_cnn's second, lenet5's, blitz_net's and simple_cnn's 6 -> 16 (docs/speed.md,
 # thirteenth session).
 AUTO = {(3, 16, 16, 1), (5, 1, 16, 0), (3, 1, 32, 0), (5, 3, 16, 2)}
+# ``"auto"`` takes the kernel's Winograd form F(4x4, r x r) for these (kernel size, input
+# channels, output channels, padding), each measured faster in whole training steps,
+# paired, against the same program without it: cifar_cnn's conv2 (1.37x; it replaces
+# Winograd's XLA form), convnet's conv2 (1.14x, the same), resnet's first residual block
+# (1.14x, replacing the direct kernel) and with its conv2 1.20x. Left out: resnet's second
+# block (4x4 images, one tile: 0.88x) (docs/speed.md, fourteenth session).
+WINOGRAD_AUTO = {(5, 16, 32, 2), (3, 32, 64, 0), (3, 16, 16, 1), (5, 16, 32, 0)}
 
 
 def applies(requested: str, kernel_shape, stride: int, dtype, padding: int) -> bool:
@@ -65,6 +79,78 @@ def applies(requested: str, kernel_shape, stride: int, dtype, padding: int) -> b
     if jax.default_backend() != "cpu" or not available():
         return False
     return requested == "direct" or (kh, cin, cout, padding) in AUTO
+
+
+def winograd_applies(requested: str, kernel_shape, stride: int, dtype, padding: int) -> bool:
+    """Whether a convolution of ``kernel_shape`` (HWIO) runs in the kernel's Winograd form.
+
+    Where :func:`applies` would take the direct kernel and the kernel is 3x3 or 5x5 with
+    input channels a multiple of :data:`CHANNELS` too (dx is the same form over dy, whose
+    outputs are the input channels): ``"direct"`` there, ``"auto"`` for the shapes in
+    :data:`WINOGRAD_AUTO`.
+    """
+    kh, _, cin, cout = kernel_shape
+    if (
+        kh not in (3, 5)
+        or cin % CHANNELS
+        or not applies("direct", kernel_shape, stride, dtype, padding)
+    ):
+        return False
+    return requested == "direct" or (
+        requested == "auto" and (kh, cin, cout, padding) in WINOGRAD_AUTO
+    )
+
+
+def conv2d_winograd(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None, padding: int = 0
+) -> jax.Array:
+    """``F.conv2d`` at stride 1 as the kernel's F(4x4, r x r): y and dx by Winograd's form,
+    dW by the direct weight-gradient kernel."""
+    y = _winograd(x, kernel.astype(x.dtype), padding)
+    return y if bias is None else add_bias(y, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _winograd(x, kernel, padding):
+    return _winograd_forward(x, kernel, padding)
+
+
+def _winograd_fwd(x, kernel, padding):
+    return _winograd_forward(x, kernel, padding), (x, kernel)
+
+
+def _winograd_bwd(padding, residuals, dy):
+    """dx is the same form over dy with the kernel flipped and its channels swapped; dW
+    is G^T dU G from the kernel's dU = sum over tiles of V^T (A dY A^T)."""
+    x, kernel = residuals
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _winograd_forward(dy, flipped, kernel.shape[0] - 1 - padding)
+    g = _g(kernel.shape[0], x.dtype)
+    a = g.shape[0]
+    call = jax.ffi.ffi_call(_targets()[3], jax.ShapeDtypeStruct((a, a, *kernel.shape[2:]), x.dtype))
+    du = call(x, dy, pad=np.int64(padding))
+    return dx, jnp.einsum("ik,ijco,jl->klco", g, du, g, precision="highest")
+
+
+_winograd.defvjp(_winograd_fwd, _winograd_bwd)
+
+
+def _g(r: int, dtype) -> jax.Array:
+    """G of F(4x4, r x r), [a, r]: the kernel's transform (U = G g G^T)."""
+    from jaxcnn.kernels import winograd
+
+    return jnp.asarray(winograd.transforms(4, r)[1], dtype)
+
+
+def _winograd_forward(x, kernel, padding: int):
+    """The kernel transformed here (U = G g G^T, [a, a, C, O]), the rest in C++."""
+    g = _g(kernel.shape[0], x.dtype)
+    u = jnp.einsum("ik,klco,jl->ijco", g, kernel, g, precision="highest")
+    n, h, w, _ = x.shape
+    k, cout = kernel.shape[0], kernel.shape[3]
+    shape = (n, h + 2 * padding - k + 1, w + 2 * padding - k + 1, cout)
+    call = jax.ffi.ffi_call(_targets()[2], jax.ShapeDtypeStruct(shape, x.dtype))
+    return call(x, u, pad=np.int64(padding))
 
 
 def conv2d_direct(
@@ -122,8 +208,9 @@ def unavailable() -> str | None:
     return _loaded()[1]
 
 
-def _targets() -> tuple[str, str]:
-    """The forward and weight-gradient custom-call names, registered with XLA for the CPU.
+def _targets() -> tuple[str, ...]:
+    """The custom-call names (direct forward and weight gradient, Winograd forward and
+    dU), registered with XLA for the CPU.
 
     The names carry the library's digest: a stored executable that calls one was built
     against this very library (:mod:`jaxcnn.executables` keys on the digest too).
@@ -135,15 +222,21 @@ def _targets() -> tuple[str, str]:
 
 
 @functools.cache
-def _loaded() -> tuple[tuple[str, str], str | None]:
+def _loaded() -> tuple[tuple[str, ...], str | None]:
     """Build (once a process: a failed build is not retried for every convolution),
     load and register the library: its target names, and why not where it failed."""
     try:
         library = ctypes.cdll.LoadLibrary(str(build()))
     except OSError as error:
-        return ("", ""), str(error)
-    names = (f"jaxcnn_direct_forward_{digest()[:12]}", f"jaxcnn_direct_wgrad_{digest()[:12]}")
-    symbols = (library.jaxcnn_direct_forward, library.jaxcnn_direct_weight_grad)
+        return (), str(error)
+    kinds = ("forward", "wgrad", "winograd", "winograd_ugrad")
+    names = tuple(f"jaxcnn_direct_{kind}_{digest()[:12]}" for kind in kinds)
+    symbols = (
+        library.jaxcnn_direct_forward,
+        library.jaxcnn_direct_weight_grad,
+        library.jaxcnn_winograd_forward,
+        library.jaxcnn_winograd_ugrad,
+    )
     for name, symbol in zip(names, symbols, strict=True):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
     return names, None
