@@ -104,8 +104,7 @@ def winograd_applies(requested: str, kernel_shape, stride: int, dtype, padding: 
 def conv2d_winograd(
     x: jax.Array, kernel: jax.Array, bias: jax.Array | None, padding: int = 0
 ) -> jax.Array:
-    """``F.conv2d`` at stride 1 as the kernel's F(4x4, r x r): y and dx by Winograd's form,
-    dW by the direct weight-gradient kernel."""
+    """``F.conv2d`` at stride 1 as the kernel's F(4x4, r x r) (y, dx and dW's dU in C++)."""
     y = _winograd(x, kernel.astype(x.dtype), padding)
     return y if bias is None else add_bias(y, bias)
 

@@ -491,11 +491,17 @@ static void gemm_tn(const float* V, const float* D, float* U, int T, int Ci, int
 
 using GemmTn = void (*)(const float*, const float*, float*, int, int, int);
 
-static GemmTn pick_gemm_tn(int Co) {  // Ci is a multiple of 16
+template <int CB>
+static GemmTn pick_gemm_tn_cb() {  // CIB rows divide Ci (a multiple of 16)
+  if constexpr (CB * 16 <= MAXACC) return gemm_tn<CB, 16>;
+  else if constexpr (CB * 8 <= MAXACC) return gemm_tn<CB, 8>;
+  else if constexpr (CB * 4 <= MAXACC) return gemm_tn<CB, 4>;
+  else return gemm_tn<CB, 2>;
+}
+
+static GemmTn pick_gemm_tn(int Co) {
   int cb = co_blocks(Co);
-  if (cb == 4) return gemm_tn<4, 4>;
-  if (cb == 2) return gemm_tn<2, 8>;
-  return gemm_tn<1, 16>;
+  return cb == 4 ? pick_gemm_tn_cb<4>() : cb == 2 ? pick_gemm_tn_cb<2>() : pick_gemm_tn_cb<1>();
 }
 
 // dU[xi] += V[xi]^T dM[xi] over one image's tiles.
@@ -534,7 +540,9 @@ static ffi::Error WinogradUgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, f
                                 ffi::ResultBuffer<ffi::F32> du, int64_t pad) {
   auto ud = du->dimensions();
   WShape s;
-  if (!winograd_shape(x.dimensions(), (int)ud[0], (int)ud[3], pad, s) || ud[1] != s.a || ud[2] != s.Ci)
+  auto gd = dy.dimensions();
+  if (!winograd_shape(x.dimensions(), (int)ud[0], (int)ud[3], pad, s) || ud[1] != s.a || ud[2] != s.Ci ||
+      gd[0] != s.N || gd[1] != s.Ho || gd[2] != s.Wo || gd[3] != s.Co)
     return ffi::Error::InvalidArgument("jaxcnn Winograd convolution: unsupported shape");
   GemmTn gfn = pick_gemm_tn(s.Co);
   auto fn = s.a == 8 ? winograd_ugrad_image<8> : winograd_ugrad_image<6>;
