@@ -263,6 +263,14 @@ constexpr float BT8[8][8] = {{-1.0f, 0.0f, 5.25f, 0.0f, -5.25f, 0.0f, 1.0f, 0.0f
 constexpr float AT8[4][8] = {{1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 0.0f}, {0.0f, 1.0f, -1.0f, 0.5f, -2.0f, 2.0f, -0.5f, 0.0f}, {0.0f, 1.0f, 1.0f, 0.25f, 4.0f, 4.0f, 0.25f, 0.0f}, {0.0f, 1.0f, -1.0f, 0.125f, -8.0f, 8.0f, -0.125f, 1.0f}};
 constexpr int WM = 4;  // output tile
 
+// sum += c * v for a constant c of an unrolled transform: no multiply for 1 and -1, no
+// term for 0.
+static inline void mac(vec& sum, float c, vec v) {
+  if (c == 1.0f) sum += v;
+  else if (c == -1.0f) sum -= v;
+  else if (c != 0.0f) sum += c * v;
+}
+
 template <int A> struct Mats;
 template <> struct Mats<6> { static constexpr const float (&bt)[6][6] = BT6; static constexpr const float (&at)[4][6] = AT6; };
 template <> struct Mats<8> { static constexpr const float (&bt)[8][8] = BT8; static constexpr const float (&at)[4][8] = AT8; };
@@ -326,9 +334,7 @@ static inline void input_transform(const float* d, size_t row, int Ci, float* V,
       vec sum{};
 #pragma GCC unroll 8
       for (int k = 0; k < A; ++k) {
-        if (bt[i][k] == 1.0f) sum += col[k];
-        else if (bt[i][k] == -1.0f) sum -= col[k];
-        else if (bt[i][k] != 0.0f) sum += bt[i][k] * col[k];
+        mac(sum, bt[i][k], col[k]);
       }
       tmp[i][j] = sum;
     }
@@ -340,9 +346,7 @@ static inline void input_transform(const float* d, size_t row, int Ci, float* V,
       vec sum{};
 #pragma GCC unroll 8
       for (int j = 0; j < A; ++j) {
-        if (bt[l][j] == 1.0f) sum += tmp[i][j];
-        else if (bt[l][j] == -1.0f) sum -= tmp[i][j];
-        else if (bt[l][j] != 0.0f) sum += bt[l][j] * tmp[i][j];
+        mac(sum, bt[l][j], tmp[i][j]);
       }
       store(V + (size_t)(i * A + l) * xi_stride, sum);
     }
@@ -364,9 +368,7 @@ static inline void output_transform(const float* M, size_t xi_stride, float* y, 
       vec sum{};
 #pragma GCC unroll 8
       for (int k = 0; k < A; ++k) {
-        if (at[i][k] == 1.0f) sum += col[k];
-        else if (at[i][k] == -1.0f) sum -= col[k];
-        else if (at[i][k] != 0.0f) sum += at[i][k] * col[k];
+        mac(sum, at[i][k], col[k]);
       }
       tmp[i][l] = sum;
     }
@@ -378,9 +380,7 @@ static inline void output_transform(const float* M, size_t xi_stride, float* y, 
       vec sum{};
 #pragma GCC unroll 8
       for (int l = 0; l < A; ++l) {
-        if (at[j][l] == 1.0f) sum += tmp[i][l];
-        else if (at[j][l] == -1.0f) sum -= tmp[i][l];
-        else if (at[j][l] != 0.0f) sum += at[j][l] * tmp[i][l];
+        mac(sum, at[j][l], tmp[i][l]);
       }
       if (oy + i < s.Ho && ox + j < s.Wo) store(y + ((size_t)(oy + i) * s.Wo + ox + j) * s.Co, sum);
     }
@@ -448,9 +448,7 @@ static inline void output_transform_t(const float* dy, const WShape& s, int oy, 
       vec sum{};
 #pragma GCC unroll 4
       for (int j = 0; j < WM; ++j) {
-        if (at[j][l] == 1.0f) sum += r[j];
-        else if (at[j][l] == -1.0f) sum -= r[j];
-        else if (at[j][l] != 0.0f) sum += at[j][l] * r[j];
+        mac(sum, at[j][l], r[j]);
       }
       tmp[i][l] = sum;
     }
@@ -462,9 +460,7 @@ static inline void output_transform_t(const float* dy, const WShape& s, int oy, 
       vec sum{};
 #pragma GCC unroll 4
       for (int i = 0; i < WM; ++i) {
-        if (at[i][k] == 1.0f) sum += tmp[i][l];
-        else if (at[i][k] == -1.0f) sum -= tmp[i][l];
-        else if (at[i][k] != 0.0f) sum += at[i][k] * tmp[i][l];
+        mac(sum, at[i][k], tmp[i][l]);
       }
       store(dM + (size_t)(k * A + l) * xi_stride, sum);
     }
